@@ -1,0 +1,562 @@
+//! Engine configuration: [`EngineOptions`], [`ReactorConfig`], [`AcceptorConfig`], [`IpVersion`].
+//!
+//! Every knob of the C# zerg configuration tables is here under its Rust name, with typed units
+//! (`Duration`, booleans and enums for ring flags) instead of nanosecond integers and raw masks.
+//! Each field's documentation states its trade-off. [`EngineOptions::validate`] checks a whole
+//! configuration and names the first field that is wrong; [`Engine::listen`](crate::Engine::listen)
+//! calls it for you.
+//!
+//! # Memory
+//!
+//! Receive memory is reserved per reactor, up front, as one provided-buffer ring:
+//!
+//! ```text
+//! receive memory per reactor = buffer_ring_entries × recv_buffer_size
+//! engine receive memory      = Σ over reactors
+//! ```
+//!
+//! The defaults (4096 × 16 KiB) reserve **64 MiB of virtual memory per reactor**; pages become
+//! resident only once the kernel has written into them. (The C# defaults, 16384 × 32 KiB, reserve
+//! 512 MiB per reactor.) On top of that each ring costs `ring_entries × 64 B` of submission queue
+//! and twice that count × 16 B of completion queue, and each connection a few hundred bytes plus
+//! its write buffer while a response is staged.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use crate::error::{ConfigError, Result};
+
+/// Which addresses the listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IpVersion {
+    /// IPv4 only (`AF_INET`). The configured address must be an IPv4 address.
+    Ipv4,
+    /// IPv6 only (`AF_INET6` with `IPV6_V6ONLY`). The configured address must be an IPv6 address.
+    Ipv6,
+    /// One IPv6 socket that also accepts IPv4 (`IPV6_V6ONLY` off). An IPv4 address is bound as
+    /// its IPv4-mapped IPv6 form (`127.0.0.1` → `::ffff:127.0.0.1`); `0.0.0.0` binds `::`.
+    #[default]
+    Ipv6DualStack,
+}
+
+/// How accepted connections reach the reactors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AcceptMode {
+    /// One acceptor thread with its own ring runs a multishot accept and hands each connection to
+    /// the next reactor in turn (round-robin), posting it straight into the reactor's completion
+    /// queue with `IORING_OP_MSG_RING`. Balanced placement; one extra thread.
+    #[default]
+    Dedicated,
+    /// Every reactor owns an `SO_REUSEPORT` listener and runs a multishot accept in its own ring;
+    /// there is no acceptor thread and no hand-off. The kernel spreads connections by hashing the
+    /// 4-tuple, which is lumpier than round-robin with few connections. The better choice when
+    /// cores are few.
+    PerReactor,
+}
+
+/// Top-level engine configuration (the seed's `EngineOptions`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EngineOptions {
+    /// Number of reactor threads. Each owns an io_uring, a buffer ring and its connections.
+    /// More reactors scale across cores; each one reserves its own receive memory.
+    /// Default: `1`.
+    pub reactor_count: usize,
+    /// Address to bind. Default: `0.0.0.0` (all interfaces; `::` in dual-stack mode).
+    pub ip: IpAddr,
+    /// TCP port. `0` asks the kernel for a free port; read it back with
+    /// [`Engine::local_addr`](crate::Engine::local_addr). Default: `8080`.
+    pub port: u16,
+    /// Listen backlog (the kernel caps it at `net.core.somaxconn`). A deep backlog absorbs
+    /// connection bursts; a shallow one refuses them sooner. Default: `65535`.
+    pub backlog: u32,
+    /// Where accepts run. Default: [`AcceptMode::Dedicated`].
+    pub accept_mode: AcceptMode,
+    /// The acceptor thread (used in [`AcceptMode::Dedicated`]; its `ip_version` applies to
+    /// both modes).
+    pub acceptor: AcceptorConfig,
+    /// Per-reactor configuration. Empty: every reactor uses [`ReactorConfig::default`]. One entry:
+    /// every reactor uses it. Otherwise there must be exactly `reactor_count` entries, one per
+    /// reactor in order. Default: empty.
+    pub reactor_configs: Vec<ReactorConfig>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            reactor_count: 1,
+            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 8080,
+            backlog: 65535,
+            accept_mode: AcceptMode::Dedicated,
+            acceptor: AcceptorConfig::default(),
+            reactor_configs: Vec::new(),
+        }
+    }
+}
+
+impl EngineOptions {
+    /// Options for a server on `port` with everything else at its default.
+    pub fn with_port(port: u16) -> Self {
+        Self {
+            port,
+            ..Self::default()
+        }
+    }
+
+    /// The configuration reactor `index` runs with.
+    pub fn reactor_config(&self, index: usize) -> &ReactorConfig {
+        match self.reactor_configs.len() {
+            0 => &DEFAULT_REACTOR,
+            1 => &self.reactor_configs[0],
+            _ => &self.reactor_configs[index],
+        }
+    }
+
+    /// Checks the whole configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::Error::Config) naming the first field whose value is not usable,
+    /// and why.
+    pub fn validate(&self) -> Result<()> {
+        if self.reactor_count == 0 {
+            return Err(ConfigError::new("reactor_count", "must be at least 1").into());
+        }
+        if self.reactor_count > 1024 {
+            return Err(ConfigError::new("reactor_count", "must be at most 1024").into());
+        }
+        if self.backlog == 0 {
+            return Err(ConfigError::new("backlog", "must be at least 1").into());
+        }
+        let n = self.reactor_configs.len();
+        if n > 1 && n != self.reactor_count {
+            return Err(ConfigError::new(
+                "reactor_configs",
+                format!(
+                    "has {n} entries for {} reactors (give 0, 1 or reactor_count entries)",
+                    self.reactor_count
+                ),
+            )
+            .into());
+        }
+        match (self.acceptor.ip_version, self.ip) {
+            (IpVersion::Ipv4, IpAddr::V6(_)) => {
+                return Err(ConfigError::new(
+                    "ip",
+                    format!("{} is IPv6 but acceptor.ip_version is Ipv4", self.ip),
+                )
+                .into());
+            }
+            (IpVersion::Ipv6, IpAddr::V4(_)) => {
+                return Err(ConfigError::new(
+                    "ip",
+                    format!("{} is IPv4 but acceptor.ip_version is Ipv6", self.ip),
+                )
+                .into());
+            }
+            _ => {}
+        }
+        self.acceptor.validate()?;
+        for i in 0..self.reactor_count {
+            self.reactor_config(i).validate()?;
+        }
+        Ok(())
+    }
+}
+
+static DEFAULT_REACTOR: ReactorConfig = ReactorConfig::DEFAULT;
+
+/// Configuration of one reactor (the seed's `ReactorConfig`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ReactorConfig {
+    /// `IORING_SETUP_SINGLE_ISSUER` (Linux 6.0): only the reactor thread submits, which lets the
+    /// kernel skip locking. Matches the reactor model. Default: `true`.
+    pub single_issuer: bool,
+    /// `IORING_SETUP_DEFER_TASKRUN` (Linux 6.1, needs `single_issuer`): completion work runs only
+    /// when the reactor enters the kernel to wait, in one batch, instead of interrupting it.
+    /// Fewer context switches under load; cannot be combined with `sqpoll`. Default: `true`.
+    pub defer_taskrun: bool,
+    /// `IORING_SETUP_SQPOLL`: a kernel thread polls the submission queue, so submitting needs no
+    /// syscall while it is awake. Costs a CPU core per reactor while busy. Default: `false`.
+    pub sqpoll: bool,
+    /// `IORING_SETUP_SQ_AFF`: pin the SQPOLL thread to this CPU (only with `sqpoll`). `None` lets
+    /// the kernel place it. Default: `None`.
+    pub sq_cpu: Option<u32>,
+    /// How long the SQPOLL thread spins without work before it sleeps (only with `sqpoll`).
+    /// Longer keeps latency low after pauses; shorter gives the core back sooner. Default: 100 ms.
+    pub sq_thread_idle: Duration,
+    /// Submission queue size (the completion queue gets at least twice this, and at least
+    /// twice `buffer_ring_entries`). Bounds operations submitted per batch. Rounded up to a power
+    /// of two by the kernel; at most 32768. Default: `4096`.
+    pub ring_entries: u32,
+    /// Size of each receive buffer in bytes. Bigger buffers mean fewer completions for large
+    /// payloads; smaller ones waste less memory on small messages. Default: 16 KiB.
+    pub recv_buffer_size: u32,
+    /// Number of receive buffers in the provided-buffer ring (power of two, at most 32768).
+    /// More buffers serve more concurrently-active connections before `-ENOBUFS` back-pressure;
+    /// the ring costs `buffer_ring_entries × recv_buffer_size` bytes. Default: `4096`.
+    pub buffer_ring_entries: u32,
+    /// Most completions handled per loop iteration. Higher values batch more work per wake-up
+    /// (throughput); lower values return to submitting sooner (latency). Default: `4096`.
+    pub batch_cqes: u32,
+    /// Most live connections on this reactor; connections past the limit are closed at once and
+    /// counted in [`ReactorStats::connections_shed`](crate::ReactorStats::connections_shed).
+    /// Default: `8192`.
+    pub max_connections_per_reactor: u32,
+    /// Upper bound on one wait for completions. `None` (the default) waits until there is work:
+    /// cross-thread requests wake the reactor at once through its eventfd, so an idle reactor
+    /// does not wake at all. `Some(d)` also wakes it every `d` (only useful for diagnostics).
+    pub cq_timeout: Option<Duration>,
+    /// `IOU_PBUF_RING_INC` (Linux 6.12): the kernel packs several receives into one buffer at
+    /// successive offsets, so small messages do not each pin a whole buffer. A buffer goes back to
+    /// the ring once the kernel has moved past it and every piece of it was returned.
+    /// Default: `false`.
+    pub incremental_buffer_consumption: bool,
+    /// Most receive buffers (pieces, in incremental mode) one connection may hold before its
+    /// receive pauses. A handler that stops reading then holds at most this much of the ring; TCP
+    /// flow control pushes back on its peer until the handler returns buffers. `0` means
+    /// `buffer_ring_entries / 4`. Default: `0`.
+    pub max_buffers_per_connection: u32,
+    /// Most bytes a connection may stage for writing before [`Connection::write`] refuses more
+    /// (and [`Connection::write_all`] waits for a flush). Bounds memory per connection when a
+    /// peer reads slowly. Default: 64 MiB.
+    ///
+    /// [`Connection::write`]: crate::Connection::write
+    /// [`Connection::write_all`]: crate::Connection::write_all
+    pub max_write_buffer: usize,
+    /// A send that makes no progress for this long fails the flush with
+    /// [`Error::TimedOut`](crate::Error::TimedOut) and closes the connection (a linked timeout on
+    /// each send). `None` waits for the peer forever (a reset or engine stop still ends the
+    /// flush). Default: `None`.
+    pub write_timeout: Option<Duration>,
+    /// Pin the reactor thread to this CPU. `None` leaves placement to the scheduler.
+    /// Default: `None`.
+    pub cpu: Option<usize>,
+}
+
+impl ReactorConfig {
+    /// The default configuration, as a constant.
+    pub const DEFAULT: Self = Self {
+        single_issuer: true,
+        defer_taskrun: true,
+        sqpoll: false,
+        sq_cpu: None,
+        sq_thread_idle: Duration::from_millis(100),
+        ring_entries: 4096,
+        recv_buffer_size: 16 * 1024,
+        buffer_ring_entries: 4096,
+        batch_cqes: 4096,
+        max_connections_per_reactor: 8192,
+        cq_timeout: None,
+        incremental_buffer_consumption: false,
+        max_buffers_per_connection: 0,
+        max_write_buffer: 64 * 1024 * 1024,
+        write_timeout: None,
+        cpu: None,
+    };
+
+    /// Receive memory this reactor reserves: `buffer_ring_entries × recv_buffer_size`.
+    pub fn receive_memory(&self) -> usize {
+        self.buffer_ring_entries as usize * self.recv_buffer_size as usize
+    }
+
+    /// The per-connection buffer limit in effect (resolves `0` to `buffer_ring_entries / 4`).
+    pub fn effective_max_buffers_per_connection(&self) -> u32 {
+        if self.max_buffers_per_connection == 0 {
+            (self.buffer_ring_entries / 4).max(1)
+        } else {
+            self.max_buffers_per_connection
+        }
+    }
+
+    /// Checks this reactor configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::Error::Config) naming the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        let e = |field: &'static str, why: String| Err(ConfigError::new(field, why).into());
+        if self.defer_taskrun && !self.single_issuer {
+            return e(
+                "defer_taskrun",
+                "requires single_issuer (the kernel rejects DEFER_TASKRUN without SINGLE_ISSUER)"
+                    .into(),
+            );
+        }
+        if self.sqpoll && self.defer_taskrun {
+            return e(
+                "sqpoll",
+                "cannot be combined with defer_taskrun (set defer_taskrun = false)".into(),
+            );
+        }
+        if self.sq_cpu.is_some() && !self.sqpoll {
+            return e("sq_cpu", "only applies with sqpoll = true".into());
+        }
+        if self.sq_thread_idle > Duration::from_secs(3600) {
+            return e("sq_thread_idle", "must be at most one hour".into());
+        }
+        if self.ring_entries == 0 || self.ring_entries > 32768 {
+            return e(
+                "ring_entries",
+                format!("is {}, must be in 1..=32768", self.ring_entries),
+            );
+        }
+        if self.recv_buffer_size == 0 {
+            return e("recv_buffer_size", "must be at least 1 byte".into());
+        }
+        if self.recv_buffer_size > 1 << 30 {
+            return e("recv_buffer_size", "must be at most 1 GiB".into());
+        }
+        if !self.buffer_ring_entries.is_power_of_two() || self.buffer_ring_entries > 32768 {
+            return e(
+                "buffer_ring_entries",
+                format!(
+                    "is {}, must be a power of two in 1..=32768",
+                    self.buffer_ring_entries
+                ),
+            );
+        }
+        if (self.receive_memory() as u64) > (1u64 << 40) {
+            return e(
+                "recv_buffer_size",
+                "buffer_ring_entries × recv_buffer_size exceeds 1 TiB".into(),
+            );
+        }
+        if self.batch_cqes == 0 {
+            return e("batch_cqes", "must be at least 1".into());
+        }
+        if self.max_connections_per_reactor == 0 {
+            return e("max_connections_per_reactor", "must be at least 1".into());
+        }
+        if self.max_buffers_per_connection > self.buffer_ring_entries {
+            return e(
+                "max_buffers_per_connection",
+                format!(
+                    "is {}, more than the {} buffers in the ring",
+                    self.max_buffers_per_connection, self.buffer_ring_entries
+                ),
+            );
+        }
+        if self.max_write_buffer == 0 {
+            return e("max_write_buffer", "must be at least 1 byte".into());
+        }
+        if let Some(d) = self.cq_timeout
+            && d.is_zero()
+        {
+            return e(
+                "cq_timeout",
+                "must be non-zero (use None to wait for work)".into(),
+            );
+        }
+        if let Some(d) = self.write_timeout
+            && d.is_zero()
+        {
+            return e(
+                "write_timeout",
+                "must be non-zero (use None for no limit)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Default for ReactorConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Configuration of the acceptor thread (the seed's `AcceptorConfig`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct AcceptorConfig {
+    /// `IORING_SETUP_SINGLE_ISSUER` for the acceptor ring. Default: `true`.
+    pub single_issuer: bool,
+    /// `IORING_SETUP_DEFER_TASKRUN` for the acceptor ring (needs `single_issuer`, excludes
+    /// `sqpoll`). Default: `true`.
+    pub defer_taskrun: bool,
+    /// `IORING_SETUP_SQPOLL` for the acceptor ring. Rarely worth a core for accepts.
+    /// Default: `false`.
+    pub sqpoll: bool,
+    /// `IORING_SETUP_SQ_AFF`: CPU of the acceptor's SQPOLL thread. Default: `None`.
+    pub sq_cpu: Option<u32>,
+    /// SQPOLL idle time before the kernel thread sleeps. Default: 100 ms.
+    pub sq_thread_idle: Duration,
+    /// Acceptor submission queue size (each accepted connection costs one hand-off entry).
+    /// Default: `1024`.
+    pub ring_entries: u32,
+    /// Most accepts handled per loop iteration before hand-offs are submitted. Higher batches
+    /// more under connection storms; lower hands connections over sooner. Default: `4096`.
+    pub batch_sqes: u32,
+    /// Upper bound on one wait. `None` (the default) waits until a connection or a stop request
+    /// arrives.
+    pub cq_timeout: Option<Duration>,
+    /// IPv4, IPv6 or dual stack. Default: [`IpVersion::Ipv6DualStack`].
+    pub ip_version: IpVersion,
+    /// Delay before accepting again after the process ran out of file descriptors
+    /// (`EMFILE`/`ENFILE`). Longer wastes less CPU while exhausted; shorter resumes sooner.
+    /// Default: 100 ms.
+    pub accept_backoff: Duration,
+    /// Pin the acceptor thread to this CPU. Default: `None`.
+    pub cpu: Option<usize>,
+}
+
+impl Default for AcceptorConfig {
+    fn default() -> Self {
+        Self {
+            single_issuer: true,
+            defer_taskrun: true,
+            sqpoll: false,
+            sq_cpu: None,
+            sq_thread_idle: Duration::from_millis(100),
+            ring_entries: 1024,
+            batch_sqes: 4096,
+            cq_timeout: None,
+            ip_version: IpVersion::Ipv6DualStack,
+            accept_backoff: Duration::from_millis(100),
+            cpu: None,
+        }
+    }
+}
+
+impl AcceptorConfig {
+    /// Checks this acceptor configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::Error::Config) naming the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        let e = |field: &'static str, why: &str| {
+            Err(ConfigError::new(format!("acceptor.{field}"), why.to_string()).into())
+        };
+        if self.defer_taskrun && !self.single_issuer {
+            return e("defer_taskrun", "requires single_issuer");
+        }
+        if self.sqpoll && self.defer_taskrun {
+            return e(
+                "sqpoll",
+                "cannot be combined with defer_taskrun (set defer_taskrun = false)",
+            );
+        }
+        if self.sq_cpu.is_some() && !self.sqpoll {
+            return e("sq_cpu", "only applies with sqpoll = true");
+        }
+        if self.ring_entries < 2 || self.ring_entries > 32768 {
+            return e("ring_entries", "must be in 2..=32768");
+        }
+        if self.batch_sqes == 0 {
+            return e("batch_sqes", "must be at least 1");
+        }
+        if self.accept_backoff.is_zero() {
+            return e("accept_backoff", "must be non-zero");
+        }
+        if let Some(d) = self.cq_timeout
+            && d.is_zero()
+        {
+            return e("cq_timeout", "must be non-zero (use None to wait for work)");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+
+    fn field_of(err: Error) -> String {
+        match err {
+            Error::Config(c) => c.field().to_string(),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_small() {
+        let opts = EngineOptions::default();
+        opts.validate().unwrap();
+        // A default one-reactor engine reserves at most 64 MiB of receive buffers.
+        assert!(opts.reactor_config(0).receive_memory() <= 64 << 20);
+    }
+
+    #[test]
+    fn buffer_ring_entries_must_be_power_of_two() {
+        let opts = EngineOptions {
+            reactor_configs: vec![ReactorConfig {
+                buffer_ring_entries: 1000,
+                ..ReactorConfig::default()
+            }],
+            ..EngineOptions::default()
+        };
+        let err = opts.validate().unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(field_of(err), "buffer_ring_entries");
+        assert!(msg.contains("power of two"), "{msg}");
+    }
+
+    #[test]
+    fn mismatched_reactor_configs_are_rejected() {
+        let opts = EngineOptions {
+            reactor_count: 3,
+            reactor_configs: vec![ReactorConfig::default(); 2],
+            ..EngineOptions::default()
+        };
+        assert_eq!(field_of(opts.validate().unwrap_err()), "reactor_configs");
+    }
+
+    #[test]
+    fn one_reactor_config_applies_to_all() {
+        let rc = ReactorConfig {
+            recv_buffer_size: 4096,
+            ..ReactorConfig::default()
+        };
+        let opts = EngineOptions {
+            reactor_count: 4,
+            reactor_configs: vec![rc.clone()],
+            ..EngineOptions::default()
+        };
+        opts.validate().unwrap();
+        assert_eq!(opts.reactor_config(3), &rc);
+    }
+
+    #[test]
+    fn sqpoll_excludes_defer_taskrun() {
+        let rc = ReactorConfig {
+            sqpoll: true,
+            ..ReactorConfig::default()
+        };
+        assert_eq!(field_of(rc.validate().unwrap_err()), "sqpoll");
+        let rc = ReactorConfig {
+            sqpoll: true,
+            defer_taskrun: false,
+            sq_cpu: Some(0),
+            ..ReactorConfig::default()
+        };
+        rc.validate().unwrap();
+    }
+
+    #[test]
+    fn address_family_must_match_ip_version() {
+        let mut opts = EngineOptions::default();
+        opts.acceptor.ip_version = IpVersion::Ipv6;
+        assert_eq!(field_of(opts.validate().unwrap_err()), "ip");
+        opts.ip = "::1".parse().unwrap();
+        opts.validate().unwrap();
+    }
+
+    #[test]
+    fn per_connection_limit_resolves() {
+        let rc = ReactorConfig::default();
+        assert_eq!(rc.effective_max_buffers_per_connection(), 1024);
+        let rc = ReactorConfig {
+            max_buffers_per_connection: 9999,
+            ..ReactorConfig::default()
+        };
+        assert_eq!(
+            field_of(rc.validate().unwrap_err()),
+            "max_buffers_per_connection"
+        );
+    }
+}

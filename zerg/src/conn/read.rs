@@ -1,0 +1,463 @@
+//! Reading: the read snapshot, its high-level views (byte slices, [`Sequence`]) and the
+//! low-level ring items. Receive buffers are read in place, never copied.
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use crate::buf_ring::RecvItem;
+use crate::error::CloseReason;
+
+use super::{ConnShared, Connection};
+
+impl Connection {
+    /// Waits until bytes arrived or the connection closed, then takes everything received so far
+    /// as one [`ReadSnapshot`] (the seed's `ReadAsync` + `GetAllSnapshotRings`).
+    ///
+    /// Bytes that arrived before the peer closed are always delivered before the closed snapshot.
+    /// The snapshot owns its receive buffers and hands them back to the kernel when dropped (or
+    /// [`released`](ReadSnapshot::release)), so the next `read` needs no reset call; `&mut self`
+    /// keeps reads one at a time.
+    pub fn read(&mut self) -> Read<'_> {
+        Read { conn: self }
+    }
+}
+
+/// Future of [`Connection::read`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Read<'a> {
+    conn: &'a mut Connection,
+}
+
+impl fmt::Debug for Read<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Read").finish_non_exhaustive()
+    }
+}
+
+impl Future for Read<'_> {
+    type Output = ReadSnapshot;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ReadSnapshot> {
+        let shared = &self.conn.shared;
+        let mut st = shared.lock();
+        if !st.recv.is_empty() {
+            let mut items = std::mem::take(&mut st.spare);
+            items.extend(st.recv.drain(..));
+            drop(st);
+            return Poll::Ready(ReadSnapshot {
+                items,
+                next: 0,
+                shared: Some(shared.clone()),
+                closed: None,
+            });
+        }
+        if let Some(reason) = st.read_end {
+            return Poll::Ready(ReadSnapshot {
+                items: Vec::new(),
+                next: 0,
+                shared: None,
+                closed: Some(reason),
+            });
+        }
+        match &mut st.read_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+/// Everything a connection had received when [`Connection::read`] returned (the seed's
+/// `RingSnapshot`), or the news that it is closed.
+///
+/// The snapshot holds its receive buffers: they stay out of the kernel's hands, and readable,
+/// until the snapshot is dropped or [`release`](Self::release)d, which returns them all in one
+/// call. Borrowed views ([`buffers`](Self::buffers), [`sequence`](Self::sequence),
+/// [`RingItem::as_slice`]) cannot outlive that.
+pub struct ReadSnapshot {
+    items: Vec<RecvItem>,
+    // Items before `next` were handed out as `RingItem`s, which return themselves.
+    next: usize,
+    shared: Option<Arc<ConnShared>>,
+    closed: Option<CloseReason>,
+}
+
+impl ReadSnapshot {
+    /// Whether the connection is closed for reading; no more data will come.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+
+    /// Why the connection closed, if it did.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closed
+    }
+
+    fn live(&self) -> &[RecvItem] {
+        &self.items[self.next..]
+    }
+
+    /// Bytes in the snapshot (not counting ring items already taken).
+    pub fn len(&self) -> usize {
+        self.live().iter().map(|i| i.len as usize).sum()
+    }
+
+    /// Whether the snapshot holds no bytes (it is then a closed snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.live().is_empty()
+    }
+
+    /// Number of receive buffers (pieces, in incremental mode) in the snapshot.
+    pub fn buffer_count(&self) -> usize {
+        self.live().len()
+    }
+
+    fn slice(&self, item: &RecvItem) -> &[u8] {
+        let shared = self
+            .shared
+            .as_ref()
+            .expect("a snapshot with data has its connection");
+        // SAFETY: `item` was delivered to this connection by the reactor and is owned by this
+        // snapshot until `release`/drop hands it back; the returned slice borrows `self`, so it
+        // cannot outlive that. The pool is kept alive by `shared`.
+        unsafe { shared.reactor.pool.slice(item) }
+    }
+
+    /// The received bytes, one slice per receive buffer, in order (the seed's
+    /// `GetAllSnapshotRingsAsUnmanagedMemory`).
+    pub fn buffers(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        self.live().iter().map(move |i| self.slice(i))
+    }
+
+    /// All received bytes as one multi-segment [`Sequence`] (the seed's `ToReadOnlySequence`),
+    /// good for parsing across buffer boundaries.
+    pub fn sequence(&self) -> Sequence<'_> {
+        Sequence::new(self)
+    }
+
+    /// Copies the received bytes into a new vector (a convenience; allocates).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len());
+        for b in self.buffers() {
+            v.extend_from_slice(b);
+        }
+        v
+    }
+
+    /// Takes the next receive buffer for low-level processing (the seed's `TryGetRing`). The
+    /// item returns its buffer to the kernel when dropped or [`returned`](RingItem::return_ring);
+    /// take the next one after that.
+    pub fn try_get_ring(&mut self) -> Option<RingItem<'_>> {
+        let item = *self.items.get(self.next)?;
+        self.next += 1;
+        Some(RingItem {
+            item,
+            snapshot: self,
+        })
+    }
+
+    /// Hands every buffer back to the kernel now (the seed's `ReturnRingBuffers`); same as
+    /// dropping the snapshot.
+    pub fn release(self) {}
+}
+
+impl Drop for ReadSnapshot {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            let mut items = std::mem::take(&mut self.items);
+            if self.next > 0 {
+                items.drain(..self.next);
+            }
+            if items.is_empty() {
+                let mut st = shared.lock();
+                if st.spare.capacity() < items.capacity() {
+                    st.spare = items;
+                }
+            } else {
+                shared.give_back(&mut items, true);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ReadSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadSnapshot")
+            .field("closed", &self.closed)
+            .field("buffers", &self.buffer_count())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// One receive buffer taken from a snapshot (the seed's `RingItem`).
+///
+/// The bytes are readable through [`as_slice`](Self::as_slice) while the item lives; dropping it
+/// or calling [`return_ring`](Self::return_ring) hands the buffer back to the kernel, after which
+/// no slice of it can be alive.
+pub struct RingItem<'a> {
+    item: RecvItem,
+    snapshot: &'a ReadSnapshot,
+}
+
+impl RingItem<'_> {
+    /// The received bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        self.snapshot.slice(&self.item)
+    }
+
+    /// Pointer to the first byte (the seed's `Ptr`). Reading through it is `unsafe` and only
+    /// valid while this item lives.
+    pub fn ptr(&self) -> *const u8 {
+        self.as_slice().as_ptr()
+    }
+
+    /// Number of bytes received (the seed's `Length`).
+    pub fn len(&self) -> usize {
+        self.item.len as usize
+    }
+
+    /// Always `false`: the kernel does not deliver empty buffers.
+    pub fn is_empty(&self) -> bool {
+        self.item.len == 0
+    }
+
+    /// The kernel's buffer id (the seed's `BufferId`).
+    pub fn buffer_id(&self) -> u16 {
+        self.item.bid
+    }
+
+    /// Hands the buffer back to the kernel (the seed's `ReturnRing`); same as dropping the item.
+    pub fn return_ring(self) {}
+}
+
+impl Drop for RingItem<'_> {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.snapshot.shared {
+            shared.give_back_one(self.item);
+        }
+    }
+}
+
+impl fmt::Debug for RingItem<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingItem")
+            .field("buffer_id", &self.item.bid)
+            .field("len", &self.item.len)
+            .finish()
+    }
+}
+
+/// A read-only, multi-segment view of received bytes (the seed's `ReadOnlySequence<byte>`).
+///
+/// Implements [`bytes::Buf`], so it can be consumed with `get_u8`, `copy_to_slice` and friends;
+/// [`position_of`](Self::position_of) and [`slice`](Self::slice) help find message boundaries
+/// that straddle receive buffers.
+#[derive(Clone)]
+pub struct Sequence<'a> {
+    snapshot: &'a ReadSnapshot,
+    // Index into the snapshot's live items, offset into that item, bytes left.
+    seg: usize,
+    off: usize,
+    remaining: usize,
+}
+
+impl<'a> Sequence<'a> {
+    fn new(snapshot: &'a ReadSnapshot) -> Self {
+        let mut s = Sequence {
+            snapshot,
+            seg: 0,
+            off: 0,
+            remaining: snapshot.len(),
+        };
+        s.skip_empty();
+        s
+    }
+
+    fn items(&self) -> &'a [RecvItem] {
+        self.snapshot.live()
+    }
+
+    fn skip_empty(&mut self) {
+        let items = self.items();
+        while self.seg < items.len() && self.off >= items[self.seg].len as usize {
+            self.off -= items[self.seg].len as usize;
+            self.seg += 1;
+        }
+    }
+
+    /// Bytes in the view.
+    pub fn len(&self) -> usize {
+        self.remaining
+    }
+
+    /// Whether the view is empty.
+    pub fn is_empty(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// The view's segments, in order.
+    pub fn segments(&self) -> Segments<'a> {
+        Segments { seq: self.clone() }
+    }
+
+    /// The first segment (empty if the view is).
+    pub fn first(&self) -> &'a [u8] {
+        self.segments().next().unwrap_or(&[])
+    }
+
+    /// The sub-view of `len` bytes starting `start` bytes in.
+    ///
+    /// # Panics
+    ///
+    /// If `start + len` exceeds [`len`](Self::len).
+    pub fn slice(&self, start: usize, len: usize) -> Sequence<'a> {
+        assert!(
+            start
+                .checked_add(len)
+                .is_some_and(|end| end <= self.remaining),
+            "slice {start}+{len} out of a {}-byte sequence",
+            self.remaining
+        );
+        let mut s = self.clone();
+        s.off += start;
+        s.skip_empty();
+        s.remaining = len;
+        s
+    }
+
+    /// Offset of the first occurrence of `needle`, which may straddle segments.
+    pub fn position_of(&self, needle: &[u8]) -> Option<usize> {
+        let m = needle.len();
+        if m == 0 {
+            return Some(0);
+        }
+        let mut base = 0;
+        for segment in self.segments() {
+            // A match contained in this segment starts at most at len - m; one that straddles
+            // into the next segments starts later. Check in that order.
+            if let Some(i) = find(segment, needle) {
+                return Some(base + i);
+            }
+            for start in segment.len().saturating_sub(m - 1)..segment.len() {
+                if self.matches_at(base + start, needle) {
+                    return Some(base + start);
+                }
+            }
+            base += segment.len();
+        }
+        None
+    }
+
+    fn matches_at(&self, pos: usize, needle: &[u8]) -> bool {
+        if pos + needle.len() > self.remaining {
+            return false;
+        }
+        let mut rest = needle;
+        for segment in self.slice(pos, needle.len()).segments() {
+            let (head, tail) = rest.split_at(segment.len());
+            if head != segment {
+                return false;
+            }
+            rest = tail;
+        }
+        rest.is_empty()
+    }
+
+    /// Copies the view into a new vector.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.remaining);
+        for s in self.segments() {
+            v.extend_from_slice(s);
+        }
+        v
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.len() > hay.len() {
+        return None;
+    }
+    let first = needle[0];
+    let mut i = 0;
+    while i + needle.len() <= hay.len() {
+        match hay[i..=hay.len() - needle.len()]
+            .iter()
+            .position(|&b| b == first)
+        {
+            None => return None,
+            Some(p) => {
+                let at = i + p;
+                if &hay[at..at + needle.len()] == needle {
+                    return Some(at);
+                }
+                i = at + 1;
+            }
+        }
+    }
+    None
+}
+
+impl fmt::Debug for Sequence<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sequence")
+            .field("len", &self.remaining)
+            .finish_non_exhaustive()
+    }
+}
+
+impl bytes::Buf for Sequence<'_> {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.first()
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.remaining, "advance past the end of a Sequence");
+        self.remaining -= cnt;
+        let items = self.items();
+        while cnt > 0 {
+            let left = items[self.seg].len as usize - self.off;
+            if cnt < left {
+                self.off += cnt;
+                return;
+            }
+            cnt -= left;
+            self.seg += 1;
+            self.off = 0;
+        }
+        self.skip_empty();
+    }
+}
+
+/// Iterator over the segments of a [`Sequence`].
+#[derive(Debug, Clone)]
+pub struct Segments<'a> {
+    seq: Sequence<'a>,
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.seq.remaining == 0 {
+            return None;
+        }
+        let items = self.seq.items();
+        let item = items.get(self.seq.seg)?;
+        let whole = self.seq.snapshot.slice(item);
+        let end = whole.len().min(self.seq.off + self.seq.remaining);
+        let s = &whole[self.seq.off..end];
+        self.seq.remaining -= s.len();
+        self.seq.seg += 1;
+        self.seq.off = 0;
+        Some(s)
+    }
+}

@@ -1,0 +1,415 @@
+//! Writing: stage bytes in the connection's buffer, then flush them to the reactor, which sends
+//! them (resubmitting partial sends) and completes the flush with the outcome.
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::error::{CloseReason, Error, Result};
+
+use super::{ConnShared, ConnState, Connection, request};
+
+/// The staging buffer of a connection.
+///
+/// `buf[..len]` is staged. After [`Connection::get_span`], `buf` may be longer than `len`: the
+/// tail is the span handed out (initialised memory, so the span is a plain `&mut [u8]`).
+pub(crate) struct WriteBuf {
+    buf: Vec<u8>,
+    len: usize,
+    limit: usize,
+}
+
+impl WriteBuf {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            len: 0,
+            limit,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn room(&self) -> usize {
+        self.limit - self.len
+    }
+
+    fn stage(&mut self, data: &[u8]) {
+        self.buf.truncate(self.len);
+        self.buf.extend_from_slice(data);
+        self.len += data.len();
+    }
+
+    /// Moves the staged bytes into `st.outgoing` (swapping vectors when it is empty, so no bytes
+    /// are copied) and counts a flush.
+    fn hand_over(&mut self, st: &mut ConnState) {
+        self.buf.truncate(self.len);
+        if st.outgoing.is_empty() {
+            std::mem::swap(&mut st.outgoing, &mut self.buf);
+        } else {
+            st.outgoing.extend_from_slice(&self.buf);
+            self.buf.clear();
+        }
+        self.len = 0;
+        st.flush_requested += 1;
+    }
+}
+
+impl Connection {
+    /// Stages `data` for sending (the seed's `Write`). Nothing reaches the peer until
+    /// [`flush`](Self::flush).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WriteBufferFull`] if the staged bytes would exceed
+    /// `ReactorConfig::max_write_buffer`; nothing is staged then. Flush and retry, or use
+    /// [`write_all`](Self::write_all), which waits for room instead.
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        if data.len() > self.wbuf.room() {
+            return Err(Error::WriteBufferFull {
+                staged: self.wbuf.len,
+                requested: data.len(),
+                limit: self.wbuf.limit,
+            });
+        }
+        self.wbuf.stage(data);
+        Ok(())
+    }
+
+    /// Bytes staged and not yet flushed.
+    pub fn staged(&self) -> usize {
+        self.wbuf.len
+    }
+
+    /// A span of at least `size_hint` bytes (at least 1) to write into directly; commit what was
+    /// written with [`advance`](Self::advance) (the seed's `IBufferWriter.GetSpan`). The span's
+    /// initial contents are unspecified (zeroes or earlier bytes).
+    pub fn get_span(&mut self, size_hint: usize) -> &mut [u8] {
+        let want = self.wbuf.len + size_hint.max(1);
+        if self.wbuf.buf.len() < want {
+            self.wbuf.buf.resize(want, 0);
+        }
+        &mut self.wbuf.buf[self.wbuf.len..]
+    }
+
+    /// Commits `count` bytes written into the span from [`get_span`](Self::get_span).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AdvanceOutOfRange`] if `count` exceeds the span; [`Error::WriteBufferFull`] if it
+    /// would exceed `max_write_buffer`. Nothing is committed then.
+    pub fn advance(&mut self, count: usize) -> Result<()> {
+        let available = self.wbuf.buf.len() - self.wbuf.len;
+        if count > available {
+            return Err(Error::AdvanceOutOfRange {
+                requested: count,
+                available,
+            });
+        }
+        if count > self.wbuf.room() {
+            return Err(Error::WriteBufferFull {
+                staged: self.wbuf.len,
+                requested: count,
+                limit: self.wbuf.limit,
+            });
+        }
+        self.wbuf.len += count;
+        Ok(())
+    }
+
+    /// Sends everything staged and waits until the kernel took all of it (the seed's
+    /// `FlushAsync`). Partial sends are resubmitted by the reactor. A flush with nothing staged
+    /// still waits for earlier flushes that are in progress.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] with the reason when the connection failed or closed first (peer reset,
+    /// write side shut down, engine stopping), [`Error::TimedOut`] when a send made no progress
+    /// within `ReactorConfig::write_timeout`.
+    pub fn flush(&mut self) -> Flush<'_> {
+        Flush {
+            conn: self,
+            target: None,
+        }
+    }
+
+    /// Stages and sends all of `data`, flushing whenever the staging buffer is full: any size,
+    /// with memory bounded by `max_write_buffer` (back-pressure instead of an error). Call
+    /// [`flush`](Self::flush) afterwards for what remains staged.
+    pub fn write_all<'a>(&'a mut self, data: &'a [u8]) -> WriteAll<'a> {
+        WriteAll {
+            conn: self,
+            data,
+            flushing: None,
+        }
+    }
+
+    /// Flushes, then shuts the write side down (the peer reads end-of-file). Reading continues.
+    ///
+    /// # Errors
+    ///
+    /// As for [`flush`](Self::flush).
+    pub fn shutdown(&mut self) -> Shutdown<'_> {
+        Shutdown {
+            conn: self,
+            state: ShutdownState::Flushing(None),
+        }
+    }
+
+    /// Starts a flush if bytes are staged; returns the sequence number to wait for.
+    fn start_flush(&mut self) -> std::result::Result<u64, CloseReason> {
+        let shared = &self.shared;
+        let (target, queue) = {
+            let mut st = shared.lock();
+            if let Some(reason) = st.write_end {
+                return Err(reason);
+            }
+            let mut queue = false;
+            if self.wbuf.len > 0 {
+                self.wbuf.hand_over(&mut st);
+                queue = ConnShared::raise(&mut st, request::FLUSH);
+            }
+            (st.flush_requested, queue)
+        };
+        if queue {
+            shared.enqueue();
+        }
+        Ok(target)
+    }
+
+    fn poll_flushed(&self, target: u64, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut st = self.shared.lock();
+        if st.flush_done >= target {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(reason) = st.write_end {
+            return Poll::Ready(Err(match reason {
+                CloseReason::TimedOut => Error::TimedOut,
+                r => Error::Closed(r),
+            }));
+        }
+        match &mut st.flush_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Poll-style flush for adapters: starts (once) and polls a flush of what is staged.
+    pub(crate) fn poll_flush_inner(
+        &mut self,
+        target: &mut Option<u64>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<()>> {
+        let t = match *target {
+            Some(t) => t,
+            None => {
+                let t = self.start_flush().map_err(|r| match r {
+                    CloseReason::TimedOut => Error::TimedOut,
+                    r => Error::Closed(r),
+                })?;
+                *target = Some(t);
+                t
+            }
+        };
+        let res = self.poll_flushed(t, cx);
+        if res.is_ready() {
+            *target = None;
+        }
+        res
+    }
+}
+
+/// Future of [`Connection::flush`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Flush<'a> {
+    conn: &'a mut Connection,
+    target: Option<u64>,
+}
+
+impl Future for Flush<'_> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        this.conn.poll_flush_inner(&mut this.target, cx)
+    }
+}
+
+impl fmt::Debug for Flush<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Flush")
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+/// Future of [`Connection::write_all`].
+#[must_use = "futures do nothing unless polled"]
+pub struct WriteAll<'a> {
+    conn: &'a mut Connection,
+    data: &'a [u8],
+    flushing: Option<u64>,
+}
+
+impl Future for WriteAll<'_> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.flushing.is_some() {
+                match this.conn.poll_flush_inner(&mut this.flushing, cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+            }
+            if this.data.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let n = this.data.len().min(this.conn.wbuf.room());
+            if n > 0 {
+                this.conn.wbuf.stage(&this.data[..n]);
+                this.data = &this.data[n..];
+            }
+            if this.data.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            // Staging is full: flush it before taking more.
+            match this.conn.poll_flush_inner(&mut this.flushing, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+        }
+    }
+}
+
+impl fmt::Debug for WriteAll<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteAll")
+            .field("left", &self.data.len())
+            .finish()
+    }
+}
+
+enum ShutdownState {
+    Flushing(Option<u64>),
+    ShuttingDown,
+}
+
+/// Future of [`Connection::shutdown`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Shutdown<'a> {
+    conn: &'a mut Connection,
+    state: ShutdownState,
+}
+
+impl Connection {
+    pub(crate) fn poll_shutdown_inner(
+        &mut self,
+        flushing: &mut Option<u64>,
+        requested: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<()>> {
+        if !*requested {
+            match self.poll_flush_inner(flushing, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(Error::Closed(CloseReason::Local))) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            *requested = true;
+            self.shared.request(request::SHUTDOWN);
+        }
+        let mut st = self.shared.lock();
+        if st.shut_down {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(reason) = st.write_end {
+            return Poll::Ready(Err(Error::Closed(reason)));
+        }
+        match &mut st.flush_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Future for Shutdown<'_> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        let (mut flushing, mut requested) = match this.state {
+            ShutdownState::Flushing(t) => (t, false),
+            ShutdownState::ShuttingDown => (None, true),
+        };
+        let res = this
+            .conn
+            .poll_shutdown_inner(&mut flushing, &mut requested, cx);
+        this.state = if requested {
+            ShutdownState::ShuttingDown
+        } else {
+            ShutdownState::Flushing(flushing)
+        };
+        res
+    }
+}
+
+impl fmt::Debug for Shutdown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shutdown").finish_non_exhaustive()
+    }
+}
+
+/// Stages bytes; `flush` does nothing (it cannot wait): call [`Connection::flush`] to send.
+/// `write` stages as much as fits under `max_write_buffer` and fails with `WouldBlock` when
+/// nothing fits.
+impl std::io::Write for Connection {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(self.wbuf.room());
+        if n == 0 && !data.is_empty() {
+            return Err(Error::WriteBufferFull {
+                staged: self.wbuf.len,
+                requested: data.len(),
+                limit: self.wbuf.limit,
+            }
+            .into());
+        }
+        self.wbuf.stage(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// SAFETY: `chunk_mut` hands out the spare capacity of the staging vector after the staged bytes;
+// `advance_mut` commits exactly what the caller initialised there (the caller's contract), and
+// `remaining_mut` never exceeds `max_write_buffer - staged`.
+unsafe impl bytes::BufMut for Connection {
+    fn remaining_mut(&self) -> usize {
+        self.wbuf.room()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        assert!(cnt <= self.wbuf.room(), "advance_mut past max_write_buffer");
+        // SAFETY: the caller initialised `cnt` bytes of the chunk returned by `chunk_mut`, which
+        // is the vector's spare capacity right after `len` (the vector was truncated to `len`).
+        unsafe { bytes::BufMut::advance_mut(&mut self.wbuf.buf, cnt) };
+        self.wbuf.len += cnt;
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        self.wbuf.buf.truncate(self.wbuf.len);
+        bytes::BufMut::chunk_mut(&mut self.wbuf.buf)
+    }
+}

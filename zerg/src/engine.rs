@@ -1,0 +1,356 @@
+//! [`Engine`]: starts the acceptor and reactors, hands out connections, stops everything.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use socket2::Socket;
+
+use crate::acceptor::{self, AcceptorShared};
+use crate::config::{AcceptMode, EngineOptions};
+use crate::conn::Connection;
+use crate::error::{Error, Result};
+use crate::reactor::{self, Mode, ReactorInit, ReactorShared};
+use crate::stats::EngineStats;
+use crate::sys;
+
+/// Engine-wide state shared by its threads.
+pub(crate) struct EngineShared {
+    failure: Mutex<Option<Error>>,
+    stopping: AtomicBool,
+    acceptor_done: AtomicBool,
+    reactors: OnceLock<Vec<Arc<ReactorShared>>>,
+    acceptor: OnceLock<Arc<AcceptorShared>>,
+    accept_rx: async_channel::Receiver<Connection>,
+}
+
+impl EngineShared {
+    /// Records the first failure and stops the engine.
+    pub(crate) fn fail(&self, err: Error) {
+        {
+            let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+            if f.is_none() {
+                *f = Some(err);
+            }
+        }
+        self.stop(Duration::ZERO);
+    }
+
+    pub(crate) fn stop(&self, grace: Duration) {
+        self.stopping.store(true, Ordering::Release);
+        if let Some(a) = self.acceptor.get() {
+            a.request_stop();
+        } else {
+            self.acceptor_done.store(true, Ordering::Release);
+        }
+        if let Some(rs) = self.reactors.get() {
+            for r in rs {
+                r.request_stop(grace);
+            }
+        }
+        // `accept` returns `None` from now on; connections not yet accepted are closed.
+        self.accept_rx.close();
+        while let Ok(conn) = self.accept_rx.try_recv() {
+            drop(conn);
+        }
+    }
+
+    /// The acceptor will not hand over any more connections.
+    pub(crate) fn acceptor_done(&self) {
+        self.acceptor_done.store(true, Ordering::Release);
+        if let Some(rs) = self.reactors.get() {
+            for r in rs {
+                r.wake();
+            }
+        }
+    }
+
+    pub(crate) fn is_acceptor_done(&self) -> bool {
+        self.acceptor_done.load(Ordering::Acquire)
+    }
+}
+
+/// A running zerg server: one acceptor thread (or per-reactor accept) and N reactor threads.
+///
+/// Start it with [`Engine::listen`] (connections come out of [`Engine::accept`], for handlers on
+/// any async runtime) or [`Engine::serve`] (each connection's handler runs on the reactor thread
+/// that owns it). Stop it with [`stop`](Engine::stop) or [`shutdown`](Engine::shutdown); dropping
+/// the engine stops it and joins its threads.
+///
+/// Engines share nothing: several can run in one process.
+pub struct Engine {
+    shared: Arc<EngineShared>,
+    local_addr: SocketAddr,
+    reactor_count: usize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    // Kept open until the threads are joined.
+    _listeners: Vec<Socket>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("local_addr", &self.local_addr)
+            .field("reactors", &self.reactor_count)
+            .field("running", &self.is_running())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Binds, starts the acceptor and the reactors, and returns once all of them run (the
+    /// seed's `new Engine(options)` + `Listen()`). Connections are then taken with
+    /// [`accept`](Self::accept).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid configuration; [`Error::Io`] naming what failed (bind,
+    /// `io_uring_setup`, buffer-ring registration, thread spawn) with its errno;
+    /// [`Error::Unsupported`] when the kernel lacks a required feature. Nothing keeps running
+    /// after an error.
+    pub fn listen(options: EngineOptions) -> Result<Engine> {
+        options.validate()?;
+        let capacity = (0..options.reactor_count)
+            .map(|i| options.reactor_config(i).max_connections_per_reactor as usize)
+            .sum::<usize>()
+            .clamp(1, 65536);
+        let (tx, rx) = async_channel::bounded(capacity);
+        Self::start(options, Mode::Runtime(tx), rx)
+    }
+
+    /// Like [`listen`](Self::listen), but each connection's handler runs on the reactor thread
+    /// that owns the connection (thread-per-core): `handler(conn)` is called there and the future
+    /// it returns is driven by the reactor's local executor. The future need not be `Send`.
+    /// [`accept`](Self::accept) yields nothing in this mode.
+    ///
+    /// A handler may await anything, including futures woken from other threads (a tokio
+    /// channel, a timer on another runtime): such a wake reaches the reactor at once through its
+    /// eventfd. A panicking handler closes its own connection and is counted in
+    /// [`ReactorStats::handler_panics`](crate::ReactorStats::handler_panics).
+    ///
+    /// # Errors
+    ///
+    /// As for [`listen`](Self::listen).
+    pub fn serve<H, F>(options: EngineOptions, handler: H) -> Result<Engine>
+    where
+        H: Fn(Connection) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + 'static,
+    {
+        options.validate()?;
+        let (_tx, rx) = async_channel::bounded(1);
+        let spawn = move |conn: Connection| {
+            let reactor = conn.shared.reactor.clone();
+            reactor::local::spawn(&reactor, handler(conn));
+        };
+        Self::start(options, Mode::Serve(Arc::new(spawn)), rx)
+    }
+
+    fn start(
+        options: EngineOptions,
+        mode: Mode,
+        rx: async_channel::Receiver<Connection>,
+    ) -> Result<Engine> {
+        let version = options.acceptor.ip_version;
+        let addr = sys::listener::bind_addr(options.ip, options.port, version);
+        let per_reactor = options.accept_mode == AcceptMode::PerReactor;
+        let mut listeners = Vec::new();
+        let first = sys::listener::listen(addr, version, options.backlog, per_reactor)?;
+        let bound = first
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| {
+                Error::io(
+                    format!("getsockname for listener {addr}"),
+                    std::io::Error::last_os_error(),
+                )
+            })?;
+        listeners.push(first);
+        if per_reactor {
+            for _ in 1..options.reactor_count {
+                listeners.push(sys::listener::listen(
+                    bound,
+                    version,
+                    options.backlog,
+                    true,
+                )?);
+            }
+        }
+        let local_addr = match (options.ip, bound) {
+            (IpAddr::V4(v4), SocketAddr::V6(_)) if !v4.is_unspecified() => {
+                SocketAddr::new(IpAddr::V4(v4), bound.port())
+            }
+            _ => bound,
+        };
+
+        let shared = Arc::new(EngineShared {
+            failure: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            acceptor_done: AtomicBool::new(per_reactor),
+            reactors: OnceLock::new(),
+            acceptor: OnceLock::new(),
+            accept_rx: rx,
+        });
+        let mut engine = Engine {
+            shared: shared.clone(),
+            local_addr,
+            reactor_count: options.reactor_count,
+            threads: Mutex::new(Vec::new()),
+            _listeners: Vec::new(),
+        };
+
+        let mut reactors = Vec::with_capacity(options.reactor_count);
+        for index in 0..options.reactor_count {
+            let listener = listeners.get(index).filter(|_| per_reactor);
+            let init = ReactorInit {
+                index,
+                config: options.reactor_config(index).clone(),
+                mode: mode.clone(),
+                listener: listener.map(|l| l.as_raw_fd()),
+                engine: shared.clone(),
+            };
+            match reactor::spawn(init) {
+                Ok((r, thread)) => {
+                    reactors.push(r);
+                    engine
+                        .threads
+                        .get_mut()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(thread);
+                }
+                Err(e) => {
+                    let _ = shared.reactors.set(reactors);
+                    shared.stop(Duration::ZERO);
+                    engine.join_threads();
+                    return Err(e);
+                }
+            }
+        }
+        drop(mode);
+        let _ = shared.reactors.set(reactors.clone());
+
+        if !per_reactor {
+            match acceptor::spawn(
+                options.acceptor.clone(),
+                listeners[0].as_raw_fd(),
+                reactors,
+                shared.clone(),
+            ) {
+                Ok((a, thread)) => {
+                    let _ = shared.acceptor.set(a);
+                    engine
+                        .threads
+                        .get_mut()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(thread);
+                }
+                Err(e) => {
+                    shared.stop(Duration::ZERO);
+                    engine.join_threads();
+                    return Err(e);
+                }
+            }
+        }
+        engine._listeners = listeners;
+        // A thread that failed during start-up asked to stop before everyone was registered.
+        if shared.stopping.load(Ordering::Acquire) {
+            shared.stop(Duration::ZERO);
+        }
+        tracing::info!(addr = %local_addr, reactors = options.reactor_count, mode = ?options.accept_mode, "zerg engine listening");
+        Ok(engine)
+    }
+
+    /// The address the engine listens on (with the actual port when `port` was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Number of reactor threads.
+    pub fn reactor_count(&self) -> usize {
+        self.reactor_count
+    }
+
+    /// Waits for the next connection, from any reactor (the seed's `AcceptAsync`). Works from any
+    /// async runtime. Returns `None` once the engine stopped (or in [`serve`](Self::serve) mode).
+    pub async fn accept(&self) -> Option<Connection> {
+        self.shared.accept_rx.recv().await.ok()
+    }
+
+    /// Whether the engine still runs (not stopped, no thread failed).
+    pub fn is_running(&self) -> bool {
+        !self.shared.stopping.load(Ordering::Acquire)
+    }
+
+    /// Stops now: no more accepts, every connection closes (reads see
+    /// [`CloseReason::EngineStopping`](crate::CloseReason::EngineStopping), flushes fail), the
+    /// threads exit. Does not block; [`join`](Self::join) waits for the threads.
+    pub fn stop(&self) {
+        self.shared.stop(Duration::ZERO);
+    }
+
+    /// Stops gracefully: accepting stops at once, live connections get up to `grace` to finish
+    /// (handlers keep reading and writing), then whatever is left is closed as by
+    /// [`stop`](Self::stop). Does not block.
+    pub fn shutdown(&self, grace: Duration) {
+        self.shared.stop(grace);
+    }
+
+    /// Waits until every thread exited (after [`stop`](Self::stop) or
+    /// [`shutdown`](Self::shutdown), or a failure), then releases the listeners.
+    ///
+    /// # Errors
+    ///
+    /// The failure that stopped the engine, if a thread failed.
+    pub fn join(self) -> Result<()> {
+        self.join_threads();
+        let failure = self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn join_threads(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let name = t.thread().name().unwrap_or("zerg").to_string();
+            if t.join().is_err() {
+                tracing::error!(thread = %name, "thread panicked");
+            }
+        }
+    }
+
+    /// Counters of every reactor and the acceptor.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            reactors: self
+                .shared
+                .reactors
+                .get()
+                .map(|rs| rs.iter().map(|r| r.stats.load()).collect())
+                .unwrap_or_default(),
+            acceptor: self
+                .shared
+                .acceptor
+                .get()
+                .map(|a| a.stats.load())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shared.stop(Duration::ZERO);
+        self.join_threads();
+    }
+}

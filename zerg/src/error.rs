@@ -1,0 +1,216 @@
+//! The crate's one error type.
+
+use std::fmt;
+use std::io;
+
+/// Result alias with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in zerg.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is not usable; see [`ConfigError`].
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    /// A system call failed while setting the engine up or running it. `op` names what was
+    /// being done (for example `"io_uring_setup for reactor 0"` or `"bind 0.0.0.0:8080"`);
+    /// `source` carries the errno.
+    #[error("{op}: {source}")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// The operating-system error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The running kernel lacks a feature the configuration asked for.
+    #[error("{feature} is not supported by this kernel (needs Linux {needs}): {source}")]
+    Unsupported {
+        /// The feature, e.g. `"incremental buffer consumption (IOU_PBUF_RING_INC)"`.
+        feature: &'static str,
+        /// The first kernel version that has it.
+        needs: &'static str,
+        /// The error the kernel returned.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The connection is closed; the reason says by whom.
+    #[error("connection closed: {0}")]
+    Closed(CloseReason),
+
+    /// [`Connection::write`](crate::Connection::write) would stage more than
+    /// `ReactorConfig::max_write_buffer` bytes. Nothing was staged; flush and retry, or use
+    /// [`Connection::write_all`](crate::Connection::write_all), which waits instead.
+    #[error("write buffer full: {staged} bytes staged, {requested} more requested, limit {limit}")]
+    WriteBufferFull {
+        /// Bytes already staged.
+        staged: usize,
+        /// Bytes the call tried to add.
+        requested: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// [`Connection::advance`](crate::Connection::advance) was asked to commit more bytes than
+    /// the span handed out by [`Connection::get_span`](crate::Connection::get_span).
+    #[error("advance({requested}) exceeds the {available} bytes of the span")]
+    AdvanceOutOfRange {
+        /// Bytes the call tried to commit.
+        requested: usize,
+        /// Bytes available in the span.
+        available: usize,
+    },
+
+    /// A send made no progress within `ReactorConfig::write_timeout`; the connection was closed.
+    #[error("send timed out")]
+    TimedOut,
+
+    /// The engine stopped (or failed) before the operation could complete.
+    #[error("engine stopped")]
+    EngineStopped,
+
+    /// A reactor thread failed; the engine shut down. The string says what happened.
+    #[error("reactor {reactor} failed: {reason}")]
+    ReactorFailed {
+        /// Index of the failed reactor.
+        reactor: usize,
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            op: op.into(),
+            source,
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(err: Error) -> Self {
+        let kind = match &err {
+            Error::Config(_) | Error::AdvanceOutOfRange { .. } => io::ErrorKind::InvalidInput,
+            Error::Io { source, .. } | Error::Unsupported { source, .. } => source.kind(),
+            Error::Closed(reason) => reason.io_kind(),
+            Error::WriteBufferFull { .. } => io::ErrorKind::WouldBlock,
+            Error::TimedOut => io::ErrorKind::TimedOut,
+            Error::EngineStopped | Error::ReactorFailed { .. } => io::ErrorKind::NotConnected,
+        };
+        io::Error::new(kind, err)
+    }
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: `{field}` {reason}")]
+pub struct ConfigError {
+    field: String,
+    reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The offending field, e.g. `"buffer_ring_entries"` or `"acceptor.ring_entries"`.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
+    /// Why the value is not usable.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// Why a connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed its sending side (FIN). Everything it sent before was delivered first;
+    /// the connection can still send.
+    PeerClosed,
+    /// The peer reset the connection (`ECONNRESET`/`EPIPE`).
+    Reset,
+    /// A send made no progress within the write timeout.
+    TimedOut,
+    /// Another socket error, by errno.
+    Error(i32),
+    /// The engine is stopping.
+    EngineStopping,
+    /// The application closed the connection (or shut its write side down, for writes).
+    Local,
+}
+
+impl CloseReason {
+    pub(crate) fn from_errno(errno: i32) -> Self {
+        match errno {
+            libc::ECONNRESET | libc::EPIPE => CloseReason::Reset,
+            libc::ETIMEDOUT | libc::ECANCELED => CloseReason::TimedOut,
+            e => CloseReason::Error(e),
+        }
+    }
+
+    fn io_kind(self) -> io::ErrorKind {
+        match self {
+            CloseReason::PeerClosed => io::ErrorKind::UnexpectedEof,
+            CloseReason::Reset => io::ErrorKind::ConnectionReset,
+            CloseReason::TimedOut => io::ErrorKind::TimedOut,
+            CloseReason::Error(e) => io::Error::from_raw_os_error(e).kind(),
+            CloseReason::EngineStopping => io::ErrorKind::NotConnected,
+            CloseReason::Local => io::ErrorKind::BrokenPipe,
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::PeerClosed => f.write_str("peer closed"),
+            CloseReason::Reset => f.write_str("connection reset by peer"),
+            CloseReason::TimedOut => f.write_str("send timed out"),
+            CloseReason::Error(e) => write!(f, "{}", io::Error::from_raw_os_error(*e)),
+            CloseReason::EngineStopping => f.write_str("engine stopping"),
+            CloseReason::Local => f.write_str("closed locally"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_convert_to_io_with_matching_kinds() {
+        let e: io::Error = Error::Closed(CloseReason::Reset).into();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+        let e: io::Error = Error::TimedOut.into();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let e: io::Error = Error::io("bind", io::Error::from_raw_os_error(libc::EADDRINUSE)).into();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert!(e.to_string().starts_with("bind: "), "{e}");
+    }
+
+    #[test]
+    fn close_reasons_from_errno() {
+        assert_eq!(
+            CloseReason::from_errno(libc::ECONNRESET),
+            CloseReason::Reset
+        );
+        assert_eq!(CloseReason::from_errno(libc::EPIPE), CloseReason::Reset);
+        assert_eq!(
+            CloseReason::from_errno(libc::EHOSTUNREACH),
+            CloseReason::Error(libc::EHOSTUNREACH)
+        );
+    }
+}

@@ -1,0 +1,86 @@
+//! # zerg
+//!
+//! TCP servers directly on Linux io_uring: one acceptor thread (multishot accept) and N reactor
+//! threads, each owning an io_uring, a provided-buffer ring and its connections. Received bytes
+//! are read in place from kernel-filled buffers; writes are staged and flushed with one send.
+//!
+//! ```text
+//!   clients ──► acceptor (multishot accept) ──MSG_RING──► reactor 0 … reactor N-1
+//!                                                        (multishot recv, buffer ring, send)
+//!                                                                │
+//!                      Engine::accept() ◄── Connection ──────────┘  (or Engine::serve: handler
+//!                      handlers on any runtime                        on the reactor thread)
+//! ```
+//!
+//! Linux 6.1 or newer (6.12 for incremental buffer consumption).
+//!
+//! ## Quick start
+//!
+//! An HTTP/1.1 "200 OK" responder with keep-alive and pipelining, handlers on tokio:
+//!
+//! ```no_run
+//! use zerg::{Engine, EngineOptions};
+//!
+//! const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK";
+//!
+//! #[tokio::main]
+//! async fn main() -> zerg::Result<()> {
+//!     let engine = Engine::listen(EngineOptions::with_port(8080))?;
+//!     while let Some(mut conn) = engine.accept().await {
+//!         tokio::spawn(async move {
+//!             loop {
+//!                 let snapshot = conn.read().await;
+//!                 if snapshot.is_closed() {
+//!                     break;
+//!                 }
+//!                 // Count complete requests; the buffers go back to the kernel on drop.
+//!                 let requests = snapshot.sequence().to_vec().windows(4)
+//!                     .filter(|w| w == b"\r\n\r\n").count();
+//!                 drop(snapshot);
+//!                 for _ in 0..requests {
+//!                     conn.write(RESPONSE).expect("fits the write buffer");
+//!                 }
+//!                 if conn.flush().await.is_err() {
+//!                     break;
+//!                 }
+//!             }
+//!         });
+//!     }
+//!     engine.join()
+//! }
+//! ```
+//!
+//! ## Where things are
+//!
+//! - [`Engine`]: start ([`Engine::listen`], [`Engine::serve`]), [`Engine::accept`], stop,
+//!   [`Engine::stats`].
+//! - [`Connection`]: [`read`](Connection::read) → [`ReadSnapshot`] (byte slices, a
+//!   [`Sequence`], or [`RingItem`]s one by one); [`write`](Connection::write) /
+//!   [`get_span`](Connection::get_span) + [`advance`](Connection::advance) /
+//!   [`std::io::Write`] / [`bytes::BufMut`], then [`flush`](Connection::flush).
+//! - Configuration: [`EngineOptions`], [`ReactorConfig`], [`AcceptorConfig`], [`IpVersion`],
+//!   [`AcceptMode`].
+//!
+//! The library never prints; it logs through [`tracing`].
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg(target_os = "linux")]
+
+mod acceptor;
+mod buf_ring;
+mod config;
+mod conn;
+mod engine;
+mod error;
+mod reactor;
+mod stats;
+mod sys;
+
+pub use config::{AcceptMode, AcceptorConfig, EngineOptions, IpVersion, ReactorConfig};
+pub use conn::{
+    Connection, Flush, Read, ReadSnapshot, RingItem, Segments, Sequence, Shutdown, WriteAll,
+};
+pub use engine::Engine;
+pub use error::{CloseReason, ConfigError, Error, Result};
+pub use reactor::token::ConnectionId;
+pub use stats::{AcceptorStats, EngineStats, ReactorStats};

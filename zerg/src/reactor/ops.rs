@@ -1,0 +1,296 @@
+//! Every io_uring operation zerg submits, behind a safe [`Ring`] wrapper.
+//!
+//! The memory an operation points to is owned by the [`Ring`] itself (the eventfd read target,
+//! timer specs, all boxed so their addresses are stable) or by a [`SendBuf`], which keeps its
+//! bytes untouched while its send is in flight and leaks them rather than free them if dropped
+//! mid-flight. With that, pushing an entry cannot hand the kernel dangling memory.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use io_uring::types::{CancelBuilder, Fd, Timespec};
+use io_uring::{IoUring, cqueue, opcode, squeue};
+
+use crate::sys;
+
+/// An io_uring plus the memory its operations point to.
+pub(crate) struct Ring {
+    uring: IoUring,
+    // Target of the eventfd read.
+    wake_buf: Box<u64>,
+    backoff: Box<Timespec>,
+    grace: Box<Timespec>,
+    write_timeout: Option<Box<Timespec>>,
+    wait_timeout: Option<Timespec>,
+}
+
+impl Ring {
+    pub(crate) fn new(
+        uring: IoUring,
+        backoff: Duration,
+        write_timeout: Option<Duration>,
+        wait_timeout: Option<Duration>,
+    ) -> Self {
+        Self {
+            uring,
+            wake_buf: Box::new(0),
+            backoff: Box::new(sys::ring::timespec(backoff)),
+            grace: Box::new(Timespec::new()),
+            write_timeout: write_timeout.map(|d| Box::new(sys::ring::timespec(d))),
+            wait_timeout: wait_timeout.map(sys::ring::timespec),
+        }
+    }
+
+    pub(crate) fn uring(&self) -> &IoUring {
+        &self.uring
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.uring.as_raw_fd()
+    }
+
+    fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        for _ in 0..64 {
+            // SAFETY: entries are built only by this type's methods and point to memory owned by
+            // `self` (boxed, stable, alive until the ring is dropped or leaked) or by a `SendBuf`
+            // that keeps its bytes until the send's completion is handed to `SendBuf::complete`.
+            if unsafe { self.uring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            // Full: hand what is queued to the kernel and retry.
+            match self.uring.submit() {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EBUSY | libc::EINTR | libc::EAGAIN)
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other(
+            "submission queue stayed full after 64 submits",
+        ))
+    }
+
+    /// Submits and, with `wait`, blocks until a completion (or the configured wait timeout).
+    pub(crate) fn submit(&self, wait: bool) -> io::Result<()> {
+        sys::ring::submit(&self.uring, wait, self.wait_timeout.as_ref())
+    }
+
+    /// Submits and waits at most `timeout` (teardown).
+    pub(crate) fn submit_wait_for(&self, timeout: Duration) -> io::Result<()> {
+        let ts = sys::ring::timespec(timeout);
+        sys::ring::submit(&self.uring, true, Some(&ts))
+    }
+
+    pub(crate) fn completion(&mut self) -> cqueue::CompletionQueue<'_> {
+        self.uring.completion()
+    }
+
+    /// Multishot receive into buffers of group `bgid`.
+    pub(crate) fn recv_multi(&mut self, fd: RawFd, bgid: u16, user_data: u64) -> io::Result<()> {
+        self.push(
+            &opcode::RecvMulti::new(Fd(fd), bgid)
+                .build()
+                .user_data(user_data),
+        )
+    }
+
+    /// Reads the eventfd counter into the ring's own 8-byte buffer.
+    pub(crate) fn read_wake(&mut self, eventfd: RawFd, user_data: u64) -> io::Result<()> {
+        let buf: *mut u64 = &mut *self.wake_buf;
+        self.push(
+            &opcode::Read::new(Fd(eventfd), buf.cast(), 8)
+                .build()
+                .user_data(user_data),
+        )
+    }
+
+    /// Multishot accept; accepted descriptors are close-on-exec.
+    pub(crate) fn accept_multi(&mut self, listener: RawFd, user_data: u64) -> io::Result<()> {
+        self.push(
+            &opcode::AcceptMulti::new(Fd(listener))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(user_data),
+        )
+    }
+
+    /// A timer of the configured accept back-off.
+    pub(crate) fn backoff_timer(&mut self, user_data: u64) -> io::Result<()> {
+        let ts: *const Timespec = &*self.backoff;
+        self.push(&opcode::Timeout::new(ts).build().user_data(user_data))
+    }
+
+    /// A timer of `d` (one at a time: the spec is read when the entry is submitted).
+    pub(crate) fn grace_timer(&mut self, d: Duration, user_data: u64) -> io::Result<()> {
+        *self.grace = sys::ring::timespec(d);
+        let ts: *const Timespec = &*self.grace;
+        self.push(&opcode::Timeout::new(ts).build().user_data(user_data))?;
+        // Submit now so the spec is consumed before anything could change it.
+        self.uring.submit().map(drop)
+    }
+
+    /// Cancels the operations whose `user_data` is `target`.
+    pub(crate) fn cancel(&mut self, target: u64, user_data: u64) -> io::Result<()> {
+        self.push(
+            &opcode::AsyncCancel2::new(CancelBuilder::user_data(target).all())
+                .build()
+                .user_data(user_data),
+        )
+    }
+
+    /// Cancels every operation on `fd`.
+    pub(crate) fn cancel_fd(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
+        self.push(
+            &opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
+                .build()
+                .user_data(user_data),
+        )
+    }
+
+    /// Cancels every operation in the ring.
+    pub(crate) fn cancel_any(&mut self, user_data: u64) -> io::Result<()> {
+        self.push(
+            &opcode::AsyncCancel2::new(CancelBuilder::any())
+                .build()
+                .user_data(user_data),
+        )
+    }
+
+    /// Posts a completion `(target_user_data, value)` into the ring `target_ring`. Only a failure
+    /// completes in this ring (success skips it).
+    pub(crate) fn msg_ring(
+        &mut self,
+        target_ring: RawFd,
+        value: i32,
+        target_user_data: u64,
+        user_data: u64,
+    ) -> io::Result<()> {
+        self.push(
+            &opcode::MsgRingData::new(Fd(target_ring), value, target_user_data, None)
+                .build()
+                .flags(squeue::Flags::SKIP_SUCCESS)
+                .user_data(user_data),
+        )
+    }
+
+    /// Sends what is left in `buf` (without SIGPIPE). With a write timeout configured, a linked
+    /// timeout follows (returns `true`: two completions will come).
+    pub(crate) fn send(
+        &mut self,
+        buf: &mut SendBuf,
+        fd: RawFd,
+        user_data: u64,
+        timeout_user_data: u64,
+    ) -> io::Result<bool> {
+        assert!(!buf.inflight, "a send is already in flight for this buffer");
+        let rest = &buf.buf[buf.pos..];
+        let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+        let linked = self.write_timeout.is_some();
+        let mut entry = opcode::Send::new(Fd(fd), rest.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data);
+        if linked {
+            entry = entry.flags(squeue::Flags::IO_LINK);
+        }
+        buf.inflight = true;
+        self.push(&entry)?;
+        if let Some(ts) = &self.write_timeout {
+            let ts: *const Timespec = &**ts;
+            self.push(
+                &opcode::LinkTimeout::new(ts)
+                    .build()
+                    .user_data(timeout_user_data),
+            )?;
+        }
+        Ok(linked)
+    }
+
+    /// After a failure left operations in flight: keep the ring's own buffers alive forever.
+    pub(crate) fn leak_buffers(&mut self) {
+        std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+    }
+}
+
+/// Bytes being sent on one connection.
+#[derive(Debug, Default)]
+pub(crate) struct SendBuf {
+    buf: Vec<u8>,
+    pos: usize,
+    inflight: bool,
+}
+
+/// What a send completion means for its buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendProgress {
+    /// Part was sent; send the rest.
+    Partial,
+    /// Everything was sent; the buffer is empty again.
+    Done,
+    /// The send failed with this result (negative errno, or 0).
+    Failed(i32),
+}
+
+impl SendBuf {
+    pub(crate) fn is_inflight(&self) -> bool {
+        self.inflight
+    }
+
+    /// Nothing left to send.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    /// Takes `bytes` as the next thing to send, leaving an empty vector in their place.
+    pub(crate) fn load(&mut self, bytes: &mut Vec<u8>) {
+        assert!(
+            !self.inflight && self.is_empty(),
+            "loading a busy send buffer"
+        );
+        self.buf.clear();
+        std::mem::swap(&mut self.buf, bytes);
+        self.pos = 0;
+    }
+
+    /// Applies a send completion.
+    pub(crate) fn complete(&mut self, res: i32, retain: usize) -> SendProgress {
+        self.inflight = false;
+        if res <= 0 {
+            self.buf.clear();
+            self.pos = 0;
+            return SendProgress::Failed(res);
+        }
+        self.pos += res as usize;
+        if self.pos < self.buf.len() {
+            return SendProgress::Partial;
+        }
+        self.buf.clear();
+        self.pos = 0;
+        if self.buf.capacity() > retain {
+            self.buf = Vec::new();
+        }
+        SendProgress::Done
+    }
+
+    /// Drops the unsent bytes (connection closing). Only when no send is in flight.
+    pub(crate) fn discard(&mut self) {
+        if !self.inflight {
+            self.buf.clear();
+            self.pos = 0;
+        }
+    }
+}
+
+impl Drop for SendBuf {
+    fn drop(&mut self) {
+        if self.inflight {
+            // The kernel may still read these bytes: never free them.
+            std::mem::forget(std::mem::take(&mut self.buf));
+        }
+    }
+}

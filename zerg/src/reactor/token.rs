@@ -1,0 +1,143 @@
+//! `user_data` encoding: what a completion belongs to.
+//!
+//! ```text
+//!  63      56 55            32 31                 0
+//! +----------+----------------+--------------------+
+//! |   kind   |   generation   |        slot        |
+//! +----------+----------------+--------------------+
+//! ```
+//!
+//! Connection operations carry the connection's slot and generation; a completion whose
+//! generation no longer matches its slot is stale and is dropped (DESIGN §3 rule 1). Engine-level
+//! operations use slot and generation 0.
+
+/// Identity of a connection within its reactor: slab slot plus generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId {
+    pub(crate) slot: u32,
+    pub(crate) generation: u32,
+}
+
+impl ConnectionId {
+    /// Generations wrap at 24 bits.
+    pub(crate) const GEN_MASK: u32 = (1 << 24) - 1;
+
+    /// The slot index in the reactor's connection table.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// How many connections used this slot before this one (modulo 2^24).
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+}
+
+/// Operation kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    /// The eventfd read that wakes the reactor.
+    Wake = 1,
+    /// A connection handed over by the acceptor via MSG_RING (`res` is the fd).
+    NewConn = 2,
+    /// Multishot accept (per-reactor accept mode, and the acceptor).
+    Accept = 3,
+    /// Timer before re-arming accept after EMFILE/ENFILE.
+    AcceptBackoff = 4,
+    /// Shutdown grace period ended.
+    Grace = 5,
+    /// Cancellation of the accept.
+    AcceptCancel = 6,
+    /// Multishot recv of a connection.
+    Recv = 16,
+    /// Send of a connection.
+    Send = 17,
+    /// Linked timeout on a send.
+    SendTimeout = 18,
+    /// Cancellation issued for a connection (its own completion).
+    Cancel = 19,
+    /// Acceptor: a hand-off that failed (slot holds the fd).
+    HandOff = 32,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::Wake,
+            2 => Kind::NewConn,
+            3 => Kind::Accept,
+            4 => Kind::AcceptBackoff,
+            5 => Kind::Grace,
+            6 => Kind::AcceptCancel,
+            16 => Kind::Recv,
+            17 => Kind::Send,
+            18 => Kind::SendTimeout,
+            19 => Kind::Cancel,
+            32 => Kind::HandOff,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded `user_data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Token {
+    pub(crate) kind: Kind,
+    pub(crate) id: ConnectionId,
+}
+
+impl Token {
+    pub(crate) const fn engine(kind: Kind) -> u64 {
+        (kind as u64) << 56
+    }
+
+    pub(crate) fn conn(kind: Kind, id: ConnectionId) -> u64 {
+        ((kind as u64) << 56)
+            | (u64::from(id.generation & ConnectionId::GEN_MASK) << 32)
+            | u64::from(id.slot)
+    }
+
+    pub(crate) fn decode(user_data: u64) -> Option<Token> {
+        let kind = Kind::from_u8((user_data >> 56) as u8)?;
+        Some(Token {
+            kind,
+            id: ConnectionId {
+                slot: user_data as u32,
+                generation: ((user_data >> 32) as u32) & ConnectionId::GEN_MASK,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let id = ConnectionId {
+            slot: 0xdead_beef,
+            generation: 0x00ab_cdef,
+        };
+        for kind in [Kind::Recv, Kind::Send, Kind::Cancel, Kind::SendTimeout] {
+            let t = Token::decode(Token::conn(kind, id)).unwrap();
+            assert_eq!(t, Token { kind, id });
+        }
+        assert_eq!(
+            Token::decode(Token::engine(Kind::Wake)).unwrap().kind,
+            Kind::Wake
+        );
+        assert_eq!(Token::decode(0), None);
+    }
+
+    #[test]
+    fn generation_wraps_at_24_bits() {
+        let id = ConnectionId {
+            slot: 7,
+            generation: ConnectionId::GEN_MASK,
+        };
+        let t = Token::decode(Token::conn(Kind::Recv, id)).unwrap();
+        assert_eq!(t.id.generation, ConnectionId::GEN_MASK);
+    }
+}

@@ -1,0 +1,116 @@
+//! Counters: what each reactor and the acceptor did, for tests, dashboards and leak checks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! stats_struct {
+    ($(#[$meta:meta])* pub struct $name:ident / $cell:ident { $($(#[$fmeta:meta])* $field:ident,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: u64,)*
+        }
+
+        impl $name {
+            #[allow(dead_code)]
+            fn add(&mut self, other: &Self) {
+                $(self.$field += other.$field;)*
+            }
+        }
+
+        /// Atomic mirror, written by the owning thread once per loop iteration.
+        #[derive(Debug, Default)]
+        pub(crate) struct $cell {
+            $($field: AtomicU64,)*
+        }
+
+        impl $cell {
+            pub(crate) fn publish(&self, s: &$name) {
+                $(self.$field.store(s.$field, Ordering::Relaxed);)*
+            }
+
+            pub(crate) fn load(&self) -> $name {
+                $name { $($field: self.$field.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+stats_struct! {
+    /// Counters of one reactor. Snapshot values, refreshed by the reactor every loop iteration.
+    pub struct ReactorStats / ReactorStatsCell {
+        /// Live connections (accepted and not yet fully closed).
+        connections,
+        /// Connections adopted since start.
+        connections_total,
+        /// Connections closed at once because `max_connections_per_reactor` was reached.
+        connections_shed,
+        /// Buffers in the provided-buffer ring.
+        buffers_total,
+        /// Buffers in the kernel's hands (free to receive into).
+        buffers_free,
+        /// Buffers delivered to connections and not yet returned.
+        buffers_held,
+        /// Times a receive ended with `-ENOBUFS` (ring empty); the connection was kept and its
+        /// receive re-armed when buffers came back.
+        enobufs,
+        /// Times a multishot receive was re-armed after it ended (ENOBUFS recovery, pauses, the
+        /// kernel ending it).
+        recv_rearms,
+        /// Times a connection's receive paused because it held `max_buffers_per_connection`.
+        recv_pauses,
+        /// Times the multishot accept was re-armed (per-reactor accept mode).
+        accept_rearms,
+        /// Accept errors (per-reactor accept mode), e.g. `EMFILE`.
+        accept_errors,
+        /// Completions that named a connection that no longer exists; dropped.
+        stale_completions,
+        /// Flushes that ended in an error (reset, timeout, ...).
+        flush_errors,
+        /// Bytes received.
+        bytes_received,
+        /// Bytes sent.
+        bytes_sent,
+        /// Times the reactor woke from a blocking wait.
+        wakeups,
+        /// Handler panics caught (thread-per-core mode).
+        handler_panics,
+    }
+}
+
+stats_struct! {
+    /// Counters of the acceptor thread.
+    pub struct AcceptorStats / AcceptorStatsCell {
+        /// Connections accepted and handed to a reactor.
+        accepted,
+        /// Accept errors, e.g. `EMFILE`.
+        accept_errors,
+        /// Times the multishot accept was re-armed after it ended.
+        accept_rearms,
+        /// Hand-offs to a reactor that failed (the connection was closed).
+        handoff_failures,
+        /// Times the acceptor woke from a blocking wait.
+        wakeups,
+    }
+}
+
+/// Counters of a whole engine: [`Engine::stats`](crate::Engine::stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EngineStats {
+    /// One entry per reactor, in index order.
+    pub reactors: Vec<ReactorStats>,
+    /// The acceptor thread (all zero in per-reactor accept mode).
+    pub acceptor: AcceptorStats,
+}
+
+impl EngineStats {
+    /// The reactors' counters summed.
+    pub fn total(&self) -> ReactorStats {
+        let mut t = ReactorStats::default();
+        for r in &self.reactors {
+            t.add(r);
+        }
+        t
+    }
+}

@@ -1,0 +1,96 @@
+//! Listening sockets.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::IpVersion;
+use crate::error::{Error, Result};
+
+/// The address actually bound for `ip:port` under `version` (dual stack binds IPv4 addresses in
+/// their IPv4-mapped IPv6 form, and `0.0.0.0` as `::`).
+pub(crate) fn bind_addr(ip: IpAddr, port: u16, version: IpVersion) -> SocketAddr {
+    match (version, ip) {
+        (IpVersion::Ipv6DualStack, IpAddr::V4(v4)) if v4.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)
+        }
+        (IpVersion::Ipv6DualStack, IpAddr::V4(v4)) => {
+            SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), port)
+        }
+        _ => SocketAddr::new(ip, port),
+    }
+}
+
+/// Creates a bound, listening TCP socket. `reuse_port` is set only for per-reactor listeners, so
+/// that a second server on the same port otherwise fails with `EADDRINUSE`.
+pub(crate) fn listen(
+    addr: SocketAddr,
+    version: IpVersion,
+    backlog: u32,
+    reuse_port: bool,
+) -> Result<Socket> {
+    let what = |op: &str| format!("{op} for listener {addr}");
+    let domain = Domain::for_address(addr);
+    let socket = Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP))
+        .map_err(|e| Error::io(what("socket"), e))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|e| Error::io(what("SO_REUSEADDR"), e))?;
+    if reuse_port {
+        socket
+            .set_reuse_port(true)
+            .map_err(|e| Error::io(what("SO_REUSEPORT"), e))?;
+    }
+    if domain == Domain::IPV6 {
+        socket
+            .set_only_v6(version == IpVersion::Ipv6)
+            .map_err(|e| Error::io(what("IPV6_V6ONLY"), e))?;
+    }
+    socket
+        .bind(&addr.into())
+        .map_err(|e| Error::io(format!("bind {addr}"), e))?;
+    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+    socket
+        .listen(backlog)
+        .map_err(|e| Error::io(format!("listen on {addr}"), e))?;
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn dual_stack_maps_ipv4_in_network_order() {
+        let a = bind_addr(
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+            80,
+            IpVersion::Ipv6DualStack,
+        );
+        assert_eq!(a.to_string(), "[::ffff:127.0.0.1]:80");
+        let a = bind_addr(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            80,
+            IpVersion::Ipv6DualStack,
+        );
+        assert_eq!(a.to_string(), "[::]:80");
+        let a = bind_addr(IpAddr::V4(Ipv4Addr::LOCALHOST), 80, IpVersion::Ipv4);
+        assert_eq!(a.to_string(), "127.0.0.1:80");
+    }
+
+    #[test]
+    fn second_bind_without_reuse_port_fails() {
+        let addr = bind_addr(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, IpVersion::Ipv4);
+        let first = listen(addr, IpVersion::Ipv4, 16, false).unwrap();
+        let bound = first.local_addr().unwrap().as_socket().unwrap();
+        let err = listen(bound, IpVersion::Ipv4, 16, false).unwrap_err();
+        match err {
+            Error::Io { source, op } => {
+                assert_eq!(source.raw_os_error(), Some(libc::EADDRINUSE));
+                assert!(op.starts_with("bind"), "{op}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -78,7 +78,8 @@ mod sys;
 
 pub use config::{AcceptMode, AcceptorConfig, EngineOptions, IpVersion, ReactorConfig};
 pub use conn::{
-    Connection, Flush, Read, ReadSnapshot, RingItem, Segments, Sequence, Shutdown, WriteAll,
+    Connection, Flush, FlushState, Read, ReadSnapshot, RingItem, Segments, Sequence, Shutdown,
+    ShutdownState, WriteAll,
 };
 pub use engine::Engine;
 pub use error::{CloseReason, ConfigError, Error, Result};

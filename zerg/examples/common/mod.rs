@@ -47,6 +47,11 @@ const USAGE: &str = "flags:
 
 impl Args {
     pub fn parse() -> Args {
+        Self::parse_from(std::env::args())
+    }
+
+    /// Parses `args` (the first item is the program name).
+    pub fn parse_from(args: impl IntoIterator<Item = String>) -> Args {
         let mut a = Args {
             port: 8080,
             reactors: 1,
@@ -58,7 +63,7 @@ impl Args {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             sqpoll: false,
         };
-        let mut it = std::env::args().skip(1);
+        let mut it = args.into_iter().skip(1);
         while let Some(flag) = it.next() {
             let mut value = |name: &str| {
                 it.next()

@@ -10,7 +10,7 @@ mod read;
 mod write;
 
 pub use read::{Read, ReadSnapshot, RingItem, Segments, Sequence};
-pub use write::{Flush, Shutdown, WriteAll};
+pub use write::{Flush, FlushState, Shutdown, ShutdownState, WriteAll};
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -42,7 +42,16 @@ impl Future for Read<'_> {
     type Output = ReadSnapshot;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ReadSnapshot> {
-        let shared = &self.conn.shared;
+        self.get_mut().conn.poll_read(cx)
+    }
+}
+
+impl Connection {
+    /// Poll-style [`read`](Self::read), for adapters and hand-written futures: `Ready` with a
+    /// snapshot of everything received (or a closed snapshot), or `Pending` after registering
+    /// `cx`'s waker.
+    pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<ReadSnapshot> {
+        let shared = &self.shared;
         let mut st = shared.lock();
         if !st.recv.is_empty() {
             let mut items = std::mem::take(&mut st.spare);

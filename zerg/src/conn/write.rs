@@ -156,7 +156,7 @@ impl Connection {
     pub fn shutdown(&mut self) -> Shutdown<'_> {
         Shutdown {
             conn: self,
-            state: ShutdownState::Flushing(None),
+            state: ShutdownPhase::Flushing(None),
         }
     }
 
@@ -199,6 +199,34 @@ impl Connection {
         Poll::Pending
     }
 
+    /// Poll-style [`flush`](Self::flush), for adapters. `state` carries the flush in progress
+    /// between polls; it is ready for the next flush once this returns `Ready`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`flush`](Self::flush).
+    pub fn poll_flush(&mut self, state: &mut FlushState, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.poll_flush_inner(&mut state.target, cx)
+    }
+
+    /// Poll-style [`shutdown`](Self::shutdown), for adapters; `state` carries it between polls.
+    ///
+    /// # Errors
+    ///
+    /// As for [`flush`](Self::flush).
+    pub fn poll_shutdown(
+        &mut self,
+        state: &mut ShutdownState,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<()>> {
+        self.poll_shutdown_inner(&mut state.flushing, &mut state.requested, cx)
+    }
+
+    /// Bytes that can still be staged before `max_write_buffer` is reached.
+    pub fn write_capacity(&self) -> usize {
+        self.wbuf.room()
+    }
+
     /// Poll-style flush for adapters: starts (once) and polls a flush of what is staged.
     pub(crate) fn poll_flush_inner(
         &mut self,
@@ -222,6 +250,20 @@ impl Connection {
         }
         res
     }
+}
+
+/// A flush in progress, for [`Connection::poll_flush`]. Start with `FlushState::default()`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FlushState {
+    target: Option<u64>,
+}
+
+/// A shutdown in progress, for [`Connection::poll_shutdown`]. Start with
+/// `ShutdownState::default()`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShutdownState {
+    flushing: Option<u64>,
+    requested: bool,
 }
 
 /// Future of [`Connection::flush`].
@@ -298,7 +340,7 @@ impl fmt::Debug for WriteAll<'_> {
     }
 }
 
-enum ShutdownState {
+enum ShutdownPhase {
     Flushing(Option<u64>),
     ShuttingDown,
 }
@@ -307,7 +349,7 @@ enum ShutdownState {
 #[must_use = "futures do nothing unless polled"]
 pub struct Shutdown<'a> {
     conn: &'a mut Connection,
-    state: ShutdownState,
+    state: ShutdownPhase,
 }
 
 impl Connection {
@@ -348,16 +390,16 @@ impl Future for Shutdown<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let this = self.get_mut();
         let (mut flushing, mut requested) = match this.state {
-            ShutdownState::Flushing(t) => (t, false),
-            ShutdownState::ShuttingDown => (None, true),
+            ShutdownPhase::Flushing(t) => (t, false),
+            ShutdownPhase::ShuttingDown => (None, true),
         };
         let res = this
             .conn
             .poll_shutdown_inner(&mut flushing, &mut requested, cx);
         this.state = if requested {
-            ShutdownState::ShuttingDown
+            ShutdownPhase::ShuttingDown
         } else {
-            ShutdownState::Flushing(flushing)
+            ShutdownPhase::Flushing(flushing)
         };
         res
     }

@@ -1,0 +1,39 @@
+//! A TCP echo server: every byte received is sent back, read in place from the receive buffers.
+//!
+//! ```text
+//! cargo run --release --example echo                # listens on 0.0.0.0:8080
+//! printf 'hello\n' | socat - TCP:127.0.0.1:8080     # or any TCP client
+//! cargo run --release --example echo -- --mode reactor --reactors 2
+//! ```
+//!
+//! Flags: --port, --reactors, --recv-buffer-size, --buffer-ring-entries, --incremental,
+//! --mode runtime|reactor, --accept dedicated|per-reactor, --workers. SIGINT/SIGTERM stop it.
+
+mod common;
+
+use common::Args;
+use zerg::Connection;
+
+async fn handle(mut conn: Connection) {
+    loop {
+        let snapshot = conn.read().await;
+        if snapshot.is_closed() {
+            return;
+        }
+        for buf in snapshot.buffers() {
+            // Stages a copy; write_all would wait for room instead of failing past the limit.
+            if conn.write(buf).is_err() {
+                return;
+            }
+        }
+        drop(snapshot);
+        if conn.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    common::run(&args, args.options(), handle);
+}

@@ -85,3 +85,8 @@ pub use engine::Engine;
 pub use error::{CloseReason, ConfigError, Error, Result};
 pub use reactor::token::ConnectionId;
 pub use stats::{AcceptorStats, EngineStats, ReactorStats};
+
+/// The README's code samples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -6,9 +6,9 @@
 //! [`Notifier::reset`] *before* draining the queues. Every push is then either seen by that drain,
 //! or followed by a `notify` that finds `pending == false` and writes the eventfd again.
 
-#[cfg(loom)]
+#[cfg(zerg_loom)]
 use loom::sync::atomic::{AtomicBool, Ordering};
-#[cfg(not(loom))]
+#[cfg(not(zerg_loom))]
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Something that ends the reactor's wait (an eventfd in production, a counter in the model).
@@ -49,13 +49,13 @@ impl<S: Signal> Notifier<S> {
         self.pending.swap(false, Ordering::AcqRel);
     }
 
-    #[cfg(loom)]
+    #[cfg(zerg_loom)]
     pub(crate) fn signal_source(&self) -> &S {
         &self.signal
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, zerg_loom))]
 mod loom_tests {
     use super::*;
     use loom::sync::atomic::AtomicUsize;

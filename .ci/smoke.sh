@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Starts each example as a new user would, hits it with a real client, stops it with SIGINT and
+# checks it exits 0. Uses the release examples built by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=target/release/examples
+port=18480
+fail=0
+
+check_http() { # name args...
+  local name=$1; shift
+  "$bin/$name" --port "$port" "$@" >/tmp/zerg-smoke-$name.log 2>&1 &
+  local pid=$!
+  for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  local body; body=$(curl -s --max-time 5 "http://127.0.0.1:$port/")
+  local out; out=$(wrk -t1 -c256 -d2s --timeout 2s "http://127.0.0.1:$port/" 2>&1)
+  local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  local errs; errs=$(grep -E "Non-2xx|Socket errors" <<<"$out" || true)
+  kill -INT "$pid"
+  local rc=0; wait "$pid" || rc=$?
+  printf '%-10s %-40s body=%-14q req/s=%-10s exit=%s %s\n' "$name" "$*" "$body" "$rps" "$rc" "$errs"
+  if [[ "$body" != "Hello, World!" || "$rc" != 0 || -n "$errs" || -z "$rps" ]]; then
+    fail=1; cat /tmp/zerg-smoke-$name.log
+  fi
+  port=$((port + 1))
+}
+
+check_echo() { # name args...
+  local name=$1; shift
+  "$bin/$name" --port "$port" "$@" >/tmp/zerg-smoke-$name.log 2>&1 &
+  local pid=$!
+  local got
+  got=$(python3 - "$port" <<'PY'
+import socket, sys, time
+port = int(sys.argv[1])
+for _ in range(50):
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5); break
+    except OSError:
+        time.sleep(0.1)
+msg = bytes(range(256)) * 4096  # 1 MiB
+s.sendall(msg)
+buf = bytearray()
+while len(buf) < len(msg):
+    chunk = s.recv(65536)
+    if not chunk: break
+    buf += chunk
+print("ok" if bytes(buf) == msg else "mismatch %d" % len(buf))
+PY
+)
+  kill -INT "$pid"
+  local rc=0; wait "$pid" || rc=$?
+  printf '%-10s %-40s echo-1MiB=%-10s exit=%s\n' "$name" "$*" "$got" "$rc"
+  if [[ "$got" != ok || "$rc" != 0 ]]; then fail=1; cat /tmp/zerg-smoke-$name.log; fi
+  port=$((port + 1))
+}
+
+check_http raw
+check_http raw --mode reactor --accept per-reactor --reactors 2
+check_http raw --incremental
+check_http sequence
+check_http sqpoll --sq-cpu 0
+check_echo echo
+check_echo echo --mode reactor --incremental
+for ex in pipereader stream hyper; do
+  [[ -x "$bin/$ex" ]] && check_http "$ex"
+done
+exit $fail

@@ -58,6 +58,9 @@
 //!   [`Sequence`], or [`RingItem`]s one by one); [`write`](Connection::write) /
 //!   [`get_span`](Connection::get_span) + [`advance`](Connection::advance) /
 //!   [`std::io::Write`] / [`bytes::BufMut`], then [`flush`](Connection::flush).
+//! - Adapters: [`ConnectionReader`] (zero-copy reads with partial consumption, the seed's
+//!   `ConnectionPipeReader`) and `ConnectionStream` (`tokio::io` / `futures_io` `AsyncRead` +
+//!   `AsyncWrite`, for hyper and tokio-util codecs; features `tokio` / `futures-io`).
 //! - Configuration: [`EngineOptions`], [`ReactorConfig`], [`AcceptorConfig`], [`IpVersion`],
 //!   [`AcceptMode`].
 //!
@@ -72,6 +75,7 @@ mod config;
 mod conn;
 mod engine;
 mod error;
+mod io;
 mod reactor;
 mod stats;
 mod sys;
@@ -83,6 +87,9 @@ pub use conn::{
 };
 pub use engine::Engine;
 pub use error::{CloseReason, ConfigError, Error, Result};
+#[cfg(any(feature = "tokio", feature = "futures-io"))]
+pub use io::ConnectionStream;
+pub use io::{ConnectionReader, ReaderRead, ReaderResult};
 pub use reactor::token::ConnectionId;
 pub use stats::{AcceptorStats, EngineStats, ReactorStats};
 

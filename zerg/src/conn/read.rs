@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use crate::buf_ring::RecvItem;
 use crate::error::CloseReason;
 
-use super::{ConnShared, Connection};
+use super::{ConnShared, Connection, request};
 
 impl Connection {
     /// Waits until bytes arrived or the connection closed, then takes everything received so far
@@ -172,6 +172,59 @@ impl ReadSnapshot {
     /// Hands every buffer back to the kernel now (the seed's `ReturnRingBuffers`); same as
     /// dropping the snapshot.
     pub fn release(self) {}
+
+    /// An empty snapshot (no pieces, not closed), for adapters that gather several reads.
+    pub(crate) const fn empty() -> Self {
+        ReadSnapshot {
+            items: Vec::new(),
+            next: 0,
+            shared: None,
+            closed: None,
+        }
+    }
+
+    /// Appends the pieces of `other` (a data snapshot of the same connection), so that one
+    /// snapshot spans several reads.
+    pub(crate) fn absorb(&mut self, mut other: ReadSnapshot) {
+        debug_assert!(self.closed.is_none() && other.closed.is_none());
+        if self.live().is_empty() {
+            // Take `other` whole; the old (empty) self drops and recycles its vector.
+            std::mem::swap(self, &mut other);
+            return;
+        }
+        self.items.drain(..self.next);
+        self.next = 0;
+        self.items.extend_from_slice(other.live());
+        other.items.clear();
+        other.next = 0;
+    }
+
+    /// Hands the first `n` live pieces back to the kernel now, in one batch; views taken later
+    /// start after them.
+    ///
+    /// # Panics
+    ///
+    /// If the snapshot holds fewer than `n` pieces.
+    pub(crate) fn release_front(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let end = self.next + n;
+        assert!(end <= self.items.len(), "release_front past the snapshot");
+        let shared = self
+            .shared
+            .as_ref()
+            .expect("a snapshot with data has its connection");
+        let queue = {
+            let mut st = shared.lock();
+            st.returned.extend_from_slice(&self.items[self.next..end]);
+            ConnShared::raise(&mut st, request::RETURN)
+        };
+        self.next = end;
+        if queue {
+            shared.enqueue();
+        }
+    }
 }
 
 impl Drop for ReadSnapshot {

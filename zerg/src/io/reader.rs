@@ -1,0 +1,319 @@
+//! [`ConnectionReader`]: the seed's `ConnectionPipeReader` — zero-copy reads with partial
+//! consumption.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use super::Inbound;
+use crate::conn::{Connection, Sequence};
+use crate::error::CloseReason;
+
+/// Zero-copy reader with partial consumption (the seed's `ConnectionPipeReader`).
+///
+/// [`read`](Self::read) returns a [`ReaderResult`]: a multi-segment view ([`Sequence`]) of
+/// everything received and not yet consumed — possibly spanning several receive buffers and
+/// several reads — plus whether the connection is completed (no more bytes will come). The bytes
+/// are read in place in the kernel's receive buffers. [`advance_to`](Self::advance_to) then says
+/// how far the application got:
+///
+/// - `consumed`: bytes that are done with. Every receive buffer that lies wholly before this
+///   offset goes back to the kernel at once; the rest of the view is offered again.
+/// - `examined`: bytes that were looked at. If the application examined everything (an
+///   incomplete message, say), the next `read` waits for new bytes instead of returning the same
+///   view again, so parsing a partial message never busy-loops.
+///
+/// A `read` with no `advance_to` since the previous one counts as `advance_to(0, len)`: nothing
+/// consumed, everything examined.
+///
+/// Writing goes through the connection: [`ReaderResult::connection`] (while the view is alive,
+/// say to write bytes straight from it) or [`get_mut`](Self::get_mut), for
+/// [`write`](Connection::write) and [`flush`](Connection::flush).
+/// [`complete`](Self::complete) (the seed's `Complete`) returns every held buffer and hands the
+/// connection back.
+///
+/// With the `tokio` or `futures-io` feature the reader also implements `AsyncBufRead` (one
+/// receive buffer at a time, zero-copy) and `AsyncRead` (one copy).
+///
+/// # Memory bound
+///
+/// Unconsumed bytes keep their receive buffers out of the ring. A connection holding
+/// [`max_buffers_per_connection`](crate::ReactorConfig::max_buffers_per_connection) buffers
+/// (pieces, in incremental mode) stops receiving until some are consumed, so a reader that waits
+/// for a message larger than `max_buffers_per_connection × recv_buffer_size` waits forever.
+/// Consume what you can, or copy a large message aside and consume it.
+///
+/// # Example
+///
+/// A line echo server: every complete line is written back; a line split across receive buffers
+/// or reads is found as one, and an incomplete one waits for its end without spinning.
+///
+/// ```no_run
+/// use zerg::{ConnectionReader, Engine, EngineOptions};
+///
+/// #[tokio::main]
+/// async fn main() -> zerg::Result<()> {
+///     let engine = Engine::listen(EngineOptions::with_port(7000))?;
+///     while let Some(conn) = engine.accept().await {
+///         tokio::spawn(async move {
+///             let mut reader = ConnectionReader::new(conn);
+///             loop {
+///                 let mut result = reader.read().await;
+///                 if result.is_completed() {
+///                     break;
+///                 }
+///                 let mut buffer = result.buffer();
+///                 let (mut consumed, examined) = (0, buffer.len());
+///                 while let Some(i) = buffer.position_of(b"\n") {
+///                     // Write the line straight from the receive buffers.
+///                     for segment in buffer.slice(0, i + 1).segments() {
+///                         result.connection().write_all(segment).await?;
+///                     }
+///                     buffer = buffer.slice(i + 1, buffer.len() - i - 1);
+///                     consumed += i + 1;
+///                 }
+///                 result.connection().flush().await?;
+///                 reader.advance_to(consumed, examined);
+///             }
+///             Ok::<(), zerg::Error>(())
+///         });
+///     }
+///     engine.join()
+/// }
+/// ```
+pub struct ConnectionReader {
+    // Declared before `conn`: the held buffers go back before the connection asks to close.
+    inbound: Inbound,
+    /// The last view was examined to its end: the next read waits for new bytes.
+    wait: bool,
+    conn: Connection,
+}
+
+impl ConnectionReader {
+    /// A reader over `conn`. It takes the connection's reads from now on.
+    pub fn new(conn: Connection) -> Self {
+        ConnectionReader {
+            inbound: Inbound::new(),
+            wait: false,
+            conn,
+        }
+    }
+
+    /// Waits until there is something new to look at, then returns the view of every byte
+    /// received and not yet consumed (the seed's `ReadAsync`).
+    ///
+    /// Returns at once when the previous view was not examined to its end, or when the
+    /// connection is completed (the view then holds whatever was left unconsumed; it never grows
+    /// again). Otherwise waits for new bytes.
+    pub fn read(&mut self) -> ReaderRead<'_> {
+        ReaderRead { reader: Some(self) }
+    }
+
+    /// Poll-style [`read`](Self::read), for hand-written futures: `Ready` with the view, or
+    /// `Pending` after registering `cx`'s waker.
+    pub fn poll_read_view(&mut self, cx: &mut Context<'_>) -> Poll<ReaderResult<'_>> {
+        match self.poll_fill(cx) {
+            Poll::Ready(()) => Poll::Ready(self.result()),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Takes what arrived; `Ready` when there is a view to return.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let must_wait = self.wait || self.inbound.len() == 0;
+        match self.inbound.poll_more(&mut self.conn, cx) {
+            Poll::Ready(()) => {}
+            Poll::Pending if must_wait => return Poll::Pending,
+            Poll::Pending => {}
+        }
+        // Until told otherwise by `advance_to`, this view counts as examined to its end.
+        self.wait = true;
+        Poll::Ready(())
+    }
+
+    fn result(&mut self) -> ReaderResult<'_> {
+        ReaderResult {
+            buffer: self.inbound.view(),
+            end: self.inbound.end(),
+            conn: &mut self.conn,
+        }
+    }
+
+    /// Tells the reader how far the application got in the last view (the seed's `AdvanceTo`):
+    /// the first `consumed` bytes are done with (receive buffers wholly inside them go back to
+    /// the kernel now), and the first `examined` bytes were looked at. When `examined` is the
+    /// view's length, the next [`read`](Self::read) waits for new bytes; otherwise it returns
+    /// the remaining view at once.
+    ///
+    /// # Panics
+    ///
+    /// If `consumed > examined` or `examined` exceeds the view's length.
+    pub fn advance_to(&mut self, consumed: usize, examined: usize) {
+        let len = self.inbound.len();
+        assert!(
+            consumed <= examined && examined <= len,
+            "advance_to({consumed}, {examined}) on a {len}-byte view"
+        );
+        self.wait = examined == len;
+        self.inbound.consume(consumed);
+    }
+
+    /// The connection, for its address, id and the like.
+    pub fn get_ref(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The connection, for writing and flushing. Do not read through it: bytes it returns would
+    /// be missing from the reader's view.
+    pub fn get_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Ends reading (the seed's `Complete`): every held receive buffer goes back to the kernel
+    /// now and unconsumed bytes are discarded. Returns the connection, to keep writing or to drop
+    /// (which closes it).
+    pub fn complete(self) -> Connection {
+        let ConnectionReader { inbound, conn, .. } = self;
+        drop(inbound);
+        conn
+    }
+}
+
+impl From<Connection> for ConnectionReader {
+    fn from(conn: Connection) -> Self {
+        ConnectionReader::new(conn)
+    }
+}
+
+impl fmt::Debug for ConnectionReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionReader")
+            .field("unconsumed", &self.inbound.len())
+            .field("completed", &self.inbound.end())
+            .field("conn", &self.conn)
+            .finish()
+    }
+}
+
+/// Future of [`ConnectionReader::read`].
+#[must_use = "futures do nothing unless polled"]
+pub struct ReaderRead<'a> {
+    reader: Option<&'a mut ConnectionReader>,
+}
+
+impl<'a> Future for ReaderRead<'a> {
+    type Output = ReaderResult<'a>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ReaderResult<'a>> {
+        let this = self.get_mut();
+        let reader = this
+            .reader
+            .as_mut()
+            .expect("ReaderRead polled after completion");
+        std::task::ready!(reader.poll_fill(cx));
+        let reader = this.reader.take().expect("checked above");
+        Poll::Ready(reader.result())
+    }
+}
+
+impl fmt::Debug for ReaderRead<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReaderRead").finish_non_exhaustive()
+    }
+}
+
+/// What [`ConnectionReader::read`] returns (the seed's `ReadResult`): the unconsumed bytes,
+/// whether more can come, and the connection for writing meanwhile.
+#[derive(Debug)]
+pub struct ReaderResult<'a> {
+    buffer: Sequence<'a>,
+    end: Option<CloseReason>,
+    conn: &'a mut Connection,
+}
+
+impl<'a> ReaderResult<'a> {
+    /// Every byte received and not yet consumed, in place in the receive buffers (the seed's
+    /// `Buffer`). Offsets into it are what [`ConnectionReader::advance_to`] takes.
+    pub fn buffer(&self) -> Sequence<'a> {
+        self.buffer.clone()
+    }
+
+    /// Whether the connection is closed for reading (the seed's `IsCompleted`): no more bytes
+    /// will come; [`buffer`](Self::buffer) holds what was left unconsumed.
+    pub fn is_completed(&self) -> bool {
+        self.end.is_some()
+    }
+
+    /// Why the connection closed, once it is completed.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.end
+    }
+
+    /// The connection, to write (for example bytes straight from [`buffer`](Self::buffer)) and
+    /// flush while the view is alive. Do not read through it: bytes it returns would be missing
+    /// from the reader's view.
+    pub fn connection(&mut self) -> &mut Connection {
+        self.conn
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl tokio::io::AsyncRead for ConnectionReader {
+    /// Copies unconsumed bytes into `buf` and consumes them; end of file once the peer closed
+    /// and everything was read.
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        this.wait = false;
+        this.inbound.poll_copy_buf(&mut this.conn, cx, buf)
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl tokio::io::AsyncBufRead for ConnectionReader {
+    /// The unconsumed bytes of the first receive buffer, in place; empty at end of file.
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<&[u8]>> {
+        let this = self.get_mut();
+        this.inbound.poll_fill_buf(&mut this.conn, cx)
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        let this = self.get_mut();
+        this.wait = false;
+        this.inbound.consume(amt);
+    }
+}
+
+#[cfg(feature = "futures-io")]
+impl futures_io::AsyncRead for ConnectionReader {
+    /// Copies unconsumed bytes into `buf` and consumes them; `Ok(0)` once the peer closed and
+    /// everything was read.
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        this.wait = false;
+        this.inbound.poll_copy(&mut this.conn, cx, buf)
+    }
+}
+
+#[cfg(feature = "futures-io")]
+impl futures_io::AsyncBufRead for ConnectionReader {
+    /// The unconsumed bytes of the first receive buffer, in place; empty at end of file.
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<&[u8]>> {
+        let this = self.get_mut();
+        this.inbound.poll_fill_buf(&mut this.conn, cx)
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        let this = self.get_mut();
+        this.wait = false;
+        this.inbound.consume(amt);
+    }
+}

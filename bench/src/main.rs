@@ -1,0 +1,69 @@
+//! zerg benchmark suite: peer servers, a load generator and a runner.
+//!
+//! Run everything (builds first, takes about half an hour with the defaults):
+//!
+//! ```text
+//! bench/run.sh                 # = cargo run -p zerg-bench --release -- all
+//! bench/run.sh --quick         # under three minutes, for a smoke test
+//! ```
+//!
+//! Subcommands (each one is also usable by hand):
+//!
+//! ```text
+//! zerg-bench tokio   --port P --workload http|echo [--buf-size N]
+//! zerg-bench monoio  --port P --workload http|echo [--buf-size N] [--coop-taskrun]
+//! zerg-bench zerg    --port P --workload http|echo [--buf-size N] [--mode reactor|runtime]
+//!                    [--accept dedicated|per-reactor] [--incremental]
+//! zerg-bench loadgen --port P --mode echo|http|churn|idle --conns N [--depth D]
+//!                    [--size B] [--rate R] [--warmup S] [--duration S] [--threads T]
+//! zerg-bench all     [--quick] [--reps N] [--warmup S] [--duration S]
+//!                    [--only a,b] [--servers a,b] [--out DIR]
+//! ```
+//!
+//! See `bench/README.md` for the method and its limits.
+
+mod args;
+mod loadgen;
+mod proto;
+mod runner;
+mod servers;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1);
+    let Some(cmd) = argv.next() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest: Vec<String> = argv.collect();
+    let result = match cmd.as_str() {
+        "tokio" => servers::tokio::main(rest),
+        "monoio" => servers::monoio::main(rest),
+        "zerg" => servers::zerg::main(rest),
+        "loadgen" => loadgen::main(rest),
+        "all" | "run" => runner::main(rest),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown subcommand {other:?}\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zerg-bench {cmd}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const USAGE: &str = "usage:
+  zerg-bench tokio   --port P --workload http|echo [--buf-size N]
+  zerg-bench monoio  --port P --workload http|echo [--buf-size N] [--coop-taskrun]
+  zerg-bench zerg    --port P --workload http|echo [--buf-size N] [--mode reactor|runtime]
+                     [--accept dedicated|per-reactor] [--incremental]
+  zerg-bench loadgen --port P --mode echo|http|churn|idle --conns N [--depth D] [--size B]
+                     [--rate R] [--warmup SECS] [--duration SECS] [--threads T]
+  zerg-bench all     [--quick] [--reps N] [--warmup SECS] [--duration SECS]
+                     [--only WORKLOAD,..] [--servers NAME,..] [--out DIR]";

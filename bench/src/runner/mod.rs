@@ -117,7 +117,8 @@ fn loadgen_args(s: &str) -> Load {
 fn syscalls(tool: SyscallTool) -> Load {
     Load::Syscalls {
         tool,
-        args: "--mode http --conns 16 --depth 1"
+        // "Under load": as many connections as the keep-alive rows' larger group.
+        args: "--mode http --conns 256 --depth 1"
             .split_whitespace()
             .map(String::from)
             .collect(),
@@ -224,7 +225,7 @@ fn workloads(rate: u64) -> Vec<Workload> {
         ),
         w(
             "syscalls-perf",
-            "syscalls/request, HTTP 16 conns (perf tracepoint)",
+            "syscalls/request, HTTP 256 conns (perf tracepoint)",
             "http",
             16 * KIB,
             syscalls(SyscallTool::Perf),
@@ -232,7 +233,7 @@ fn workloads(rate: u64) -> Vec<Workload> {
         ),
         w(
             "syscalls-strace",
-            "syscalls/request, HTTP 16 conns (strace -c)",
+            "syscalls/request, HTTP 256 conns (strace -c)",
             "http",
             16 * KIB,
             syscalls(SyscallTool::Strace),

@@ -213,13 +213,15 @@ impl Acceptor {
                     self.inflight -= 1;
                     self.accept_armed = false;
                 }
+                // Stopping: the listener was shut down, which ends the accept with an error.
+                let stopping = self.stopping || self.shared.stop.load(Ordering::Acquire);
                 if res >= 0 {
                     self.hand_off(res)?;
-                } else if res != -libc::ECANCELED {
+                } else if res != -libc::ECANCELED && !stopping {
                     self.stats.accept_errors += 1;
                     tracing::warn!(error = %std::io::Error::from_raw_os_error(-res), "accept failed");
                 }
-                if !more && !self.stopping {
+                if !more && !stopping {
                     if res == -libc::EMFILE || res == -libc::ENFILE {
                         // Out of descriptors: re-arming at once would spin; retry after a pause.
                         self.ring

@@ -69,6 +69,11 @@ impl EngineShared {
         }
     }
 
+    /// The engine is stopping (or failed): accept errors are expected, not worth a retry.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
     pub(crate) fn is_acceptor_done(&self) -> bool {
         self.acceptor_done.load(Ordering::Acquire)
     }
@@ -87,8 +92,8 @@ pub struct Engine {
     local_addr: SocketAddr,
     reactor_count: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    // Kept open until the threads are joined.
-    _listeners: Vec<Socket>,
+    // Kept open until the threads are joined (shut down for reading at stop).
+    listeners: Vec<Socket>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -200,7 +205,7 @@ impl Engine {
             local_addr,
             reactor_count: options.reactor_count,
             threads: Mutex::new(Vec::new()),
-            _listeners: Vec::new(),
+            listeners: Vec::new(),
         };
 
         let mut reactors = Vec::with_capacity(options.reactor_count);
@@ -255,7 +260,7 @@ impl Engine {
                 }
             }
         }
-        engine._listeners = listeners;
+        engine.listeners = listeners;
         // A thread that failed during start-up asked to stop before everyone was registered.
         if shared.stopping.load(Ordering::Acquire) {
             shared.stop(Duration::ZERO);
@@ -290,13 +295,27 @@ impl Engine {
     /// threads exit. Does not block; [`join`](Self::join) waits for the threads.
     pub fn stop(&self) {
         self.shared.stop(Duration::ZERO);
+        self.stop_listening();
     }
 
-    /// Stops gracefully: accepting stops at once, live connections get up to `grace` to finish
-    /// (handlers keep reading and writing), then whatever is left is closed as by
-    /// [`stop`](Self::stop). Does not block.
+    /// Stops gracefully: accepting stops at once (new connections are refused), live
+    /// connections get up to `grace` to finish (handlers keep reading and writing), then
+    /// whatever is left is closed as by [`stop`](Self::stop). Does not block.
     pub fn shutdown(&self, grace: Duration) {
         self.shared.stop(grace);
+        self.stop_listening();
+    }
+
+    /// Takes the listeners out of LISTEN (`shutdown(SHUT_RD)`, after the stop flag is set):
+    /// connections waiting in the backlog are reset and new ones refused, and an armed accept
+    /// ends with an error. Without it the kernel kept completing handshakes until `join` closed
+    /// the listeners, and clients that connected during a graceful drain hung until then.
+    fn stop_listening(&self) {
+        for l in &self.listeners {
+            if let Err(e) = l.shutdown(std::net::Shutdown::Read) {
+                tracing::debug!(error = %e, "shutdown of a listener");
+            }
+        }
     }
 
     /// Waits until every thread exited (after [`stop`](Self::stop) or

@@ -52,7 +52,10 @@ fn echo_suite_with_per_reactor_accept() {
                 stats.reactors.iter().all(|r| r.connections_total > 0),
                 "{mode:?}: per-reactor accept used one reactor only: {stats:#?}"
             );
-            assert_eq!(stats.acceptor.accepted, 0, "no acceptor thread in per-reactor mode");
+            assert_eq!(
+                stats.acceptor.accepted, 0,
+                "no acceptor thread in per-reactor mode"
+            );
             server.assert_quiescent();
             server.stop();
         }
@@ -172,12 +175,20 @@ fn graceful_shutdown_lets_reactor_handlers_finish() {
     for c in &mut clients {
         let mut got = Vec::new();
         c.read_to_end(&mut got).unwrap();
-        assert!(got == want, "in-flight response cut short ({} bytes)", got.len());
+        assert!(
+            got == want,
+            "in-flight response cut short ({} bytes)",
+            got.len()
+        );
     }
     engine.join().unwrap();
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(4), "shutdown waited {took:?}");
-    assert_eq!(dropped.load(Ordering::SeqCst), 10, "every handler future was dropped");
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        10,
+        "every handler future was dropped"
+    );
 }
 
 /// `stop()` while reactor-hosted handlers wait on something that never completes: the handlers
@@ -212,8 +223,16 @@ fn stop_cancels_stuck_reactor_handlers() {
     let t0 = Instant::now();
     engine.stop();
     engine.join().unwrap();
-    assert!(t0.elapsed() < Duration::from_secs(2), "stop took {:?}", t0.elapsed());
-    assert_eq!(dropped.load(Ordering::SeqCst), 8, "stuck handlers were cancelled");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "stop took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        8,
+        "stuck handlers were cancelled"
+    );
     for c in &mut clients {
         let mut b = [0u8; 16];
         // The server closed the socket: EOF or reset.

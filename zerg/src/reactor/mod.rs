@@ -269,6 +269,8 @@ struct Conn {
     /// No receive will be armed again (the connection failed); the handle decides when to close.
     dead: bool,
     cancel_sent: bool,
+    /// The armed receive carries a byte limit (see `Reactor::recv_limit`).
+    limited: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,11 +293,26 @@ struct Reactor {
     incremental: bool,
     max_conns: usize,
     max_held: u32,
+    /// Bytes per receive buffer.
+    buf_size: u32,
+    /// Arm receives with a byte limit of the buffers the connection may still take
+    /// (`IORING_RECV_MSHOT_LIM`). Without it a pause is a cancellation that lands only after the
+    /// kernel, which runs a multishot receive many times per `io_uring_enter`, filled whatever
+    /// the ring had: one connection that does not read took every buffer (rule 7). Cleared when
+    /// the kernel rejects the limit (before Linux 6.17); the cancellation then is all there is.
+    recv_limit: bool,
+    /// A limited receive delivered data: the kernel supports the limit, so a later `EINVAL` is a
+    /// real error, not a reason to drop the limit.
+    recv_limit_works: bool,
     batch: usize,
     cqes: Vec<cqueue::Entry>,
     tokens: Vec<u64>,
     items: Vec<RecvItem>,
     starved: VecDeque<ConnectionId>,
+    /// Shared state of freed connections that something (a read snapshot, an adapter) still
+    /// references. Pieces it hands back arrive with the freed connection's token; they are
+    /// released from here, or they would never reach the ring again.
+    zombies: Vec<Arc<ConnShared>>,
     wake_fd: RawFd,
     wake_armed: bool,
     listener: Option<RawFd>,
@@ -403,11 +420,15 @@ impl Reactor {
             incremental: config.incremental_buffer_consumption,
             max_conns,
             max_held: config.effective_max_buffers_per_connection(),
+            buf_size: config.recv_buffer_size,
+            recv_limit: true,
+            recv_limit_works: false,
             batch,
             cqes: Vec::with_capacity(batch.min(4096)),
             tokens: Vec::with_capacity(1024),
             items: Vec::with_capacity(256),
             starved: VecDeque::new(),
+            zombies: Vec::new(),
             wake_fd,
             wake_armed: false,
             listener,
@@ -592,11 +613,12 @@ impl Reactor {
                 tracing::debug!(fd = res, error = %e, "TCP_NODELAY failed");
             }
             self.adopt(res)?;
-        } else if res != -libc::ECANCELED {
+        } else if res != -libc::ECANCELED && !self.engine.is_stopping() {
             self.stats.accept_errors += 1;
             tracing::warn!(reactor = self.index, error = %std::io::Error::from_raw_os_error(-res), "accept failed");
         }
-        if !more && self.phase == Phase::Running {
+        // Stopping: the listener was shut down, which ends the accept with an error.
+        if !more && self.phase == Phase::Running && !self.engine.is_stopping() {
             if res == -libc::EMFILE || res == -libc::ENFILE {
                 // Out of descriptors: retrying at once would spin. Try again after a pause.
                 self.ring
@@ -639,6 +661,7 @@ impl Reactor {
             closing: false,
             dead: false,
             cancel_sent: false,
+            limited: false,
         });
         debug_assert_eq!(inserted, id);
         self.stats.connections_total += 1;
@@ -667,8 +690,18 @@ impl Reactor {
         conn.recv = RecvState::Armed;
         conn.ops += 1;
         let fd = conn.fd;
+        // At most the buffers this connection may still take (at least one, so it progresses).
+        let limit = if self.recv_limit {
+            self.max_held
+                .saturating_sub(conn.held)
+                .max(1)
+                .saturating_mul(self.buf_size)
+        } else {
+            0
+        };
+        conn.limited = limit > 0;
         self.ring
-            .recv_multi(fd, BGID, Token::conn(Kind::Recv, id))
+            .recv_multi(fd, BGID, limit, Token::conn(Kind::Recv, id))
             .map_err(|e| fatal(e, "arm recv"))
     }
 
@@ -714,6 +747,7 @@ impl Reactor {
         };
         let mut pause = false;
         if let Some(item) = item {
+            self.recv_limit_works |= conn.limited;
             conn.held += 1;
             self.stats.bytes_received += u64::from(item.len);
             let waker = {
@@ -731,7 +765,7 @@ impl Reactor {
             }
         }
         if pause {
-            self.stats.recv_pauses += 1;
+            // Counted in `recv_pauses` once the receive has ended (`recv_ended`).
             self.cancel_recv(id)?;
         }
         if more {
@@ -760,6 +794,17 @@ impl Reactor {
                 self.starved.push_back(id);
                 Ok(())
             }
+            r if r == -libc::EINVAL && conn.limited && !self.recv_limit_works => {
+                // The kernel predates IORING_RECV_MSHOT_LIM: receive without the limit.
+                if self.recv_limit {
+                    tracing::debug!(
+                        reactor = self.index,
+                        "multishot receive limit unsupported (Linux < 6.17); pausing by cancellation only"
+                    );
+                    self.recv_limit = false;
+                }
+                self.recv_ended(id)
+            }
             r => {
                 conn.recv = RecvState::Ended;
                 conn.dead = true;
@@ -779,6 +824,7 @@ impl Reactor {
         };
         if conn.held >= max_held {
             conn.recv = RecvState::Paused;
+            self.stats.recv_pauses += 1;
             Ok(())
         } else {
             self.stats.recv_rearms += 1;
@@ -801,6 +847,7 @@ impl Reactor {
             }
             if conn.held >= max_held {
                 conn.recv = RecvState::Paused;
+                self.stats.recv_pauses += 1;
                 continue;
             }
             budget -= 1;
@@ -934,6 +981,7 @@ impl Reactor {
         let id = token.id;
         let max_held = self.max_held;
         let Some(conn) = self.conns.get_mut(id) else {
+            self.zombie_returns(id);
             return Ok(());
         };
         let mut items = std::mem::take(&mut self.items);
@@ -999,6 +1047,50 @@ impl Reactor {
         Ok(())
     }
 
+    /// A request for a freed connection: release what a late snapshot handed back.
+    fn zombie_returns(&mut self, id: ConnectionId) {
+        let Some(i) = self.zombies.iter().position(|z| z.id == id) else {
+            return;
+        };
+        // Read before draining: if nobody else holds it now, every return already happened and
+        // the drain below sees it. (Read after, a snapshot could return and let go in between.)
+        let last = Arc::strong_count(&self.zombies[i]) == 1;
+        self.release_zombie(i);
+        if last {
+            self.zombies.swap_remove(i);
+        }
+    }
+
+    /// Releases the pieces zombie `i` holds in `returned`.
+    fn release_zombie(&mut self, i: usize) {
+        let mut items = std::mem::take(&mut self.items);
+        {
+            let mut st = self.zombies[i].lock();
+            st.requests = 0;
+            st.queued = false;
+            items.append(&mut st.returned);
+        }
+        for item in &items {
+            self.bufs.release(item);
+        }
+        items.clear();
+        self.items = items;
+    }
+
+    /// Forgets the zombies nobody else holds any more, after releasing what they were handed
+    /// (their last return may still be waiting for a token that was queued earlier).
+    fn prune_zombies(&mut self) {
+        let mut i = 0;
+        while i < self.zombies.len() {
+            if Arc::strong_count(&self.zombies[i]) == 1 {
+                self.release_zombie(i);
+                self.zombies.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     /// Stops all I/O of a connection; it is freed once its operations completed and its handle
     /// is gone (or the engine stops).
     fn begin_close(&mut self, id: ConnectionId, reason: Option<CloseReason>) -> Result<()> {
@@ -1047,7 +1139,14 @@ impl Reactor {
         }
         items.clear();
         self.items = items;
-        self.conns.remove(id);
+        if let Some(conn) = self.conns.remove(id) {
+            // A snapshot that outlives its connection hands its pieces back later, with this
+            // connection's token: keep the shared state reachable for `zombie_returns`. The
+            // prune drops it at once if nothing else holds it, after releasing what a snapshot
+            // returned since the drain above.
+            self.zombies.push(conn.shared);
+            self.prune_zombies();
+        }
         if let Some(w) = rw {
             w.wake();
         }

@@ -90,13 +90,23 @@ impl Ring {
         self.uring.completion()
     }
 
-    /// Multishot receive into buffers of group `bgid`.
-    pub(crate) fn recv_multi(&mut self, fd: RawFd, bgid: u16, user_data: u64) -> io::Result<()> {
-        self.push(
-            &opcode::RecvMulti::new(Fd(fd), bgid)
-                .build()
-                .user_data(user_data),
-        )
+    /// Multishot receive into buffers of group `bgid`. A non-zero `limit` ends it (a completion
+    /// without `F_MORE`) once that many bytes were received (`IORING_RECV_MSHOT_LIM`, Linux
+    /// 6.17; older kernels fail the receive with `EINVAL`).
+    pub(crate) fn recv_multi(
+        &mut self,
+        fd: RawFd,
+        bgid: u16,
+        limit: u32,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let mut entry = opcode::RecvMulti::new(Fd(fd), bgid)
+            .build()
+            .user_data(user_data);
+        if limit > 0 {
+            set_optlen(&mut entry, limit);
+        }
+        self.push(&entry)
     }
 
     /// Reads the eventfd counter into the ring's own 8-byte buffer.
@@ -217,6 +227,20 @@ impl Ring {
     }
 }
 
+/// Byte offset of `optlen` (a union with `file_index`) in the kernel's 64-byte `io_uring_sqe`.
+const SQE_OPTLEN_OFFSET: usize = 44;
+const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+
+/// Sets `sqe->optlen`, for which the io-uring crate (0.7.16) has no builder method: on a
+/// multishot receive it is the total byte limit.
+fn set_optlen(entry: &mut squeue::Entry, value: u32) {
+    // SAFETY: `squeue::Entry` is a `#[repr(C)]` wrapper around the kernel's `io_uring_sqe`, 64
+    // bytes (asserted above) of plain integers, so viewing it as bytes is sound; bytes 44..48
+    // are the `u32` `optlen` member in native byte order (include/uapi/linux/io_uring.h).
+    let raw = unsafe { &mut *std::ptr::from_mut(entry).cast::<[u8; 64]>() };
+    raw[SQE_OPTLEN_OFFSET..SQE_OPTLEN_OFFSET + 4].copy_from_slice(&value.to_ne_bytes());
+}
+
 /// Bytes being sent on one connection.
 #[derive(Debug, Default)]
 pub(crate) struct SendBuf {
@@ -291,6 +315,32 @@ impl Drop for SendBuf {
         if self.inflight {
             // The kernel may still read these bytes: never free them.
             std::mem::forget(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(e: &squeue::Entry) -> [u8; 64] {
+        // SAFETY: as in `set_optlen`: 64 bytes of plain integers.
+        unsafe { *std::ptr::from_ref(e).cast::<[u8; 64]>() }
+    }
+
+    #[test]
+    fn set_optlen_writes_the_field_the_crate_calls_optlen() {
+        let value = 0xa1b2_c3d4;
+        // SetSockOpt is a builder that sets `optlen` itself.
+        let reference = opcode::SetSockOpt::new(Fd(0), 0, 0, std::ptr::null(), value).build();
+        let mut recv = opcode::RecvMulti::new(Fd(0), 0).build();
+        let before = bytes(&recv);
+        set_optlen(&mut recv, value);
+        let after = bytes(&recv);
+        let field = SQE_OPTLEN_OFFSET..SQE_OPTLEN_OFFSET + 4;
+        assert_eq!(after[field.clone()], bytes(&reference)[field.clone()]);
+        for i in (0..64).filter(|i| !field.contains(i)) {
+            assert_eq!(after[i], before[i], "byte {i} changed");
         }
     }
 }

@@ -24,6 +24,10 @@ use crate::error::CloseReason;
 use crate::reactor::ReactorShared;
 use crate::reactor::token::{ConnectionId, Kind, Token};
 
+/// Returned pieces that may wait for the connection's next request before the reactor is asked
+/// to recycle them.
+const LAZY_RETURNS: usize = 32;
+
 /// Request bits a connection raises for its reactor.
 pub(crate) mod request {
     /// Pieces were handed back (`ConnState::returned`).
@@ -72,6 +76,11 @@ pub(crate) struct ConnState {
     pub(crate) queued: bool,
     /// The reactor closed the descriptor (engine stop); the fd number means nothing any more.
     pub(crate) fd_closed: bool,
+    /// The `Connection` handle was dropped: returns are queued at once.
+    pub(crate) handle_dropped: bool,
+    /// The handler took data with its last read and has not flushed or waited since: a return
+    /// can ride on its next flush (or wait) instead of a request of its own.
+    pub(crate) in_cycle: bool,
 }
 
 impl ConnShared {
@@ -104,6 +113,20 @@ impl ConnShared {
         self.reactor.enqueue(self.token());
     }
 
+    /// Raises `RETURN` for pieces just appended to `returned`. While the handler is between a
+    /// read and its flush (and few pieces wait), the token is not queued: the flush (or the next
+    /// read that has to wait, or the handle's drop) queues it, so a read–respond cycle costs one
+    /// request. Otherwise — the handler waits, or the handle is gone — it is queued at once.
+    pub(crate) fn raise_return(state: &mut ConnState) -> bool {
+        state.requests |= request::RETURN;
+        let lazy = state.in_cycle && !state.handle_dropped && state.returned.len() < LAZY_RETURNS;
+        if state.queued || lazy {
+            return false;
+        }
+        state.queued = true;
+        true
+    }
+
     pub(crate) fn request(&self, bits: u8) {
         let queue = Self::raise(&mut self.lock(), bits);
         if queue {
@@ -116,7 +139,7 @@ impl ConnShared {
         let queue = {
             let mut st = self.lock();
             st.returned.push(item);
-            Self::raise(&mut st, request::RETURN)
+            Self::raise_return(&mut st)
         };
         if queue {
             self.enqueue();
@@ -138,7 +161,7 @@ impl ConnShared {
             if keep_vec && st.spare.capacity() < items.capacity() {
                 std::mem::swap(&mut st.spare, items);
             }
-            Self::raise(&mut st, request::RETURN)
+            Self::raise_return(&mut st)
         };
         if queue {
             self.enqueue();
@@ -212,7 +235,14 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.shared.request(request::CLOSE);
+        let queue = {
+            let mut st = self.shared.lock();
+            st.handle_dropped = true;
+            ConnShared::raise(&mut st, request::CLOSE)
+        };
+        if queue {
+            self.shared.enqueue();
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use crate::buf_ring::RecvItem;
 use crate::error::CloseReason;
 
-use super::{ConnShared, Connection, request};
+use super::{ConnShared, Connection};
 
 impl Connection {
     /// Waits until bytes arrived or the connection closed, then takes everything received so far
@@ -56,6 +56,7 @@ impl Connection {
         if !st.recv.is_empty() {
             let mut items = std::mem::take(&mut st.spare);
             items.extend(st.recv.drain(..));
+            st.in_cycle = true;
             drop(st);
             return Poll::Ready(ReadSnapshot {
                 items,
@@ -75,6 +76,13 @@ impl Connection {
         match &mut st.read_waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             slot => *slot = Some(cx.waker().clone()),
+        }
+        // About to wait: hand the reactor whatever was raised lazily (returned pieces).
+        st.in_cycle = false;
+        let queue = st.requests != 0 && !std::mem::replace(&mut st.queued, true);
+        drop(st);
+        if queue {
+            shared.enqueue();
         }
         Poll::Pending
     }
@@ -218,7 +226,7 @@ impl ReadSnapshot {
         let queue = {
             let mut st = shared.lock();
             st.returned.extend_from_slice(&self.items[self.next..end]);
-            ConnShared::raise(&mut st, request::RETURN)
+            ConnShared::raise_return(&mut st)
         };
         self.next = end;
         if queue {

@@ -168,10 +168,14 @@ impl Connection {
             if let Some(reason) = st.write_end {
                 return Err(reason);
             }
+            st.in_cycle = false;
             let mut queue = false;
             if self.wbuf.len > 0 {
                 self.wbuf.hand_over(&mut st);
                 queue = ConnShared::raise(&mut st, request::FLUSH);
+            } else if st.requests != 0 {
+                // Nothing to send, but returns raised lazily must not wait any longer.
+                queue = !std::mem::replace(&mut st.queued, true);
             }
             (st.flush_requested, queue)
         };

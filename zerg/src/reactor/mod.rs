@@ -50,7 +50,8 @@ use wake::Notifier;
 
 /// Buffer-group id of every reactor's ring (each reactor has its own io_uring).
 const BGID: u16 = 0;
-/// Send buffers larger than this are released after use instead of kept for the next response.
+/// Send buffers up to this size are always kept for the next response; larger ones shrink when a
+/// response no longer fills them.
 const RETAIN_SEND_CAPACITY: usize = 256 * 1024;
 /// Local tasks run per loop iteration before completions are looked at again.
 const TASK_BUDGET: usize = 1024;
@@ -79,6 +80,9 @@ pub(crate) struct ReactorShared {
     overflow: Mutex<Vec<u64>>,
     remote_runnables: Mutex<Vec<Runnable>>,
     stop: Mutex<Option<Duration>>,
+    /// Something was put in `overflow`, `remote_runnables` or `stop`: spares the reactor three
+    /// locks per loop iteration, and tells its pre-sleep check there is work.
+    hint: AtomicBool,
     pub(crate) stats: ReactorStatsCell,
     exited: AtomicBool,
 }
@@ -98,6 +102,7 @@ impl ReactorShared {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(t);
+            self.hint.store(true, Ordering::Relaxed);
         }
         self.notifier.notify();
     }
@@ -120,6 +125,7 @@ impl ReactorShared {
         }
         q.push(runnable);
         drop(q);
+        self.hint.store(true, Ordering::Relaxed);
         self.notifier.notify();
     }
 
@@ -144,12 +150,19 @@ impl ReactorShared {
                 None => grace,
             });
         }
+        self.hint.store(true, Ordering::Relaxed);
         self.notifier.notify();
     }
 
     /// Wakes the reactor so it re-checks engine-wide state.
     pub(crate) fn wake(&self) {
+        self.hint.store(true, Ordering::Relaxed);
         self.notifier.notify();
+    }
+
+    /// Work from other threads is waiting (checked after `prepare_sleep`).
+    fn has_remote_work(&self) -> bool {
+        !self.remote.is_empty() || self.hint.load(Ordering::Relaxed)
     }
 
     pub(crate) fn has_exited(&self) -> bool {
@@ -399,6 +412,7 @@ impl Reactor {
             overflow: Mutex::new(Vec::new()),
             remote_runnables: Mutex::new(Vec::new()),
             stop: Mutex::new(None),
+            hint: AtomicBool::new(false),
             stats: ReactorStatsCell::default(),
             exited: AtomicBool::new(false),
         });
@@ -501,9 +515,19 @@ impl Reactor {
             }
             self.bufs.publish();
             self.publish_stats();
-            let idle = !local::has_local_work() && self.ring.completion().is_empty();
+            let mut idle = !local::has_local_work() && self.ring.completion().is_empty();
+            if idle {
+                // From here on other threads signal the eventfd; a last look catches what they
+                // queued before they could see that.
+                self.shared.notifier.prepare_sleep();
+                if self.shared.has_remote_work() {
+                    self.shared.notifier.woke();
+                    idle = false;
+                }
+            }
             self.submit(idle)?;
             if idle {
+                self.shared.notifier.woke();
                 self.stats.wakeups += 1;
             }
         }
@@ -949,27 +973,36 @@ impl Reactor {
         while let Some(t) = self.shared.remote.pop() {
             tokens.push(t);
         }
-        {
-            let mut o = self
-                .shared
-                .overflow
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            tokens.append(&mut o);
-        }
         for t in tokens.drain(..) {
             self.handle_token(t)?;
         }
         self.tokens = tokens;
-        self.shared.take_remote_runnables();
-        let stop = self
-            .shared
-            .stop
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(grace) = stop {
-            self.begin_stop(grace)?;
+        if self.shared.hint.swap(false, Ordering::Acquire) {
+            {
+                let mut o = self
+                    .shared
+                    .overflow
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                for t in o.drain(..) {
+                    self.tokens.push(t);
+                }
+            }
+            let mut tokens = std::mem::take(&mut self.tokens);
+            for t in tokens.drain(..) {
+                self.handle_token(t)?;
+            }
+            self.tokens = tokens;
+            self.shared.take_remote_runnables();
+            let stop = self
+                .shared
+                .stop
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(grace) = stop {
+                self.begin_stop(grace)?;
+            }
         }
         Ok(())
     }

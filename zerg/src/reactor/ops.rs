@@ -281,7 +281,8 @@ impl SendBuf {
         self.pos = 0;
     }
 
-    /// Applies a send completion.
+    /// Applies a send completion. A buffer larger than `retain` shrinks when the batch it just
+    /// sent used less than half of it.
     pub(crate) fn complete(&mut self, res: i32, retain: usize) -> SendProgress {
         self.inflight = false;
         if res <= 0 {
@@ -293,10 +294,13 @@ impl SendBuf {
         if self.pos < self.buf.len() {
             return SendProgress::Partial;
         }
+        let sent = self.buf.len();
         self.buf.clear();
         self.pos = 0;
-        if self.buf.capacity() > retain {
-            self.buf = Vec::new();
+        // Keep a large buffer while responses stay large (steady streaming reuses it without
+        // reallocating or faulting pages in); shrink it once a response no longer needs it.
+        if self.buf.capacity() > retain && sent.saturating_mul(2) < self.buf.capacity() {
+            self.buf.shrink_to(sent.max(retain));
         }
         SendProgress::Done
     }

@@ -1,4 +1,5 @@
-//! A TCP echo server: every byte received is sent back, read in place from the receive buffers.
+//! A TCP echo server: every byte received is sent back without being copied — the receive
+//! buffers themselves are sent (`write_snapshot`) and go back to the kernel once sent.
 //!
 //! ```text
 //! cargo run --release --example echo                # listens on 0.0.0.0:8080
@@ -20,13 +21,10 @@ async fn handle(mut conn: Connection) {
         if snapshot.is_closed() {
             return;
         }
-        for buf in snapshot.buffers() {
-            // Stages a copy; write_all would wait for room instead of failing past the limit.
-            if conn.write(buf).is_err() {
-                return;
-            }
+        // The snapshot's buffers are queued for sending as they are: no copy.
+        if conn.write_snapshot(snapshot).is_err() {
+            return;
         }
-        drop(snapshot);
         if conn.flush().await.is_err() {
             return;
         }

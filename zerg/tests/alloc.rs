@@ -105,6 +105,19 @@ async fn copying_echo(mut conn: zerg::Connection) {
     }
 }
 
+/// Echo sending the receive buffers in place (`write_snapshot`).
+async fn zero_copy_echo(mut conn: zerg::Connection) {
+    loop {
+        let snap = conn.read().await;
+        if snap.is_closed() {
+            return;
+        }
+        if conn.write_snapshot(snap).is_err() || conn.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs warm-up and `cycles` counted cycles on one connection; returns allocations counted, their
 /// bytes and the time the counted cycles took.
 fn measure<H, F>(mode: Mode, incremental: bool, handler: H, cycles: usize) -> (u64, u64, Duration)
@@ -166,12 +179,17 @@ fn hot_path_allocates_nothing() {
             "the counter missed the handler's allocations"
         );
 
-        for incremental in [false, true] {
+        for (incremental, zero_copy) in [(false, false), (true, false), (false, true)] {
             SEEN.lock().unwrap().clear();
-            let (allocs, bytes, took) = measure(mode, incremental, echo, CYCLES);
+            let (allocs, bytes, took) = if zero_copy {
+                measure(mode, incremental, zero_copy_echo, CYCLES)
+            } else {
+                measure(mode, incremental, echo, CYCLES)
+            };
             println!(
-                "allocations ({mode:?}, incremental {incremental}): {allocs} ({bytes} B) in \
-                 {CYCLES} request/response cycles ({:?} per cycle, debug build)",
+                "allocations ({mode:?}, incremental {incremental}, zero-copy {zero_copy}): \
+                 {allocs} ({bytes} B) in {CYCLES} request/response cycles ({:?} per cycle, \
+                 debug build)",
                 took / CYCLES as u32
             );
             if allocs > 0 {
@@ -180,7 +198,8 @@ fn hot_path_allocates_nothing() {
                     println!("{s}");
                 }
                 failures.push(format!(
-                    "{mode:?}, incremental {incremental}: {allocs} allocations ({bytes} B)"
+                    "{mode:?}, incremental {incremental}, zero-copy {zero_copy}: {allocs} \
+                     allocations ({bytes} B)"
                 ));
             }
         }

@@ -20,6 +20,7 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     let mode: String = args.opt("mode")?.unwrap_or_else(|| "reactor".into());
     let accept: String = args.opt("accept")?.unwrap_or_else(|| "per-reactor".into());
     let incremental = args.flag("incremental")?;
+    let ring_bytes = crate::args::size_opt(&mut args, "ring-bytes", RING_BYTES)?;
     args.finish()?;
     proto::raise_nofile_limit();
 
@@ -29,8 +30,8 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     };
     let mut rc = ReactorConfig::default();
     rc.recv_buffer_size = u32::try_from(buf_size).map_err(|_| "--buf-size too large")?;
-    rc.buffer_ring_entries = (RING_BYTES / buf_size).clamp(64, 4096).next_power_of_two() as u32;
-    if rc.buffer_ring_entries as usize * buf_size > RING_BYTES {
+    rc.buffer_ring_entries = (ring_bytes / buf_size).clamp(8, 4096).next_power_of_two() as u32;
+    if rc.buffer_ring_entries > 8 && rc.buffer_ring_entries as usize * buf_size > ring_bytes {
         rc.buffer_ring_entries /= 2;
     }
     rc.incremental_buffer_consumption = incremental;
@@ -101,19 +102,17 @@ async fn http(mut conn: Connection) {
     }
 }
 
-/// Echo every byte: each received buffer is staged and flushed once per read.
+/// Echo every byte: each read's receive buffers are sent as they are (no copy), one flush per
+/// read.
 async fn echo(mut conn: Connection) {
     loop {
         let snapshot = conn.read().await;
         if snapshot.is_closed() {
             return;
         }
-        for b in snapshot.buffers() {
-            if conn.write(b).is_err() {
-                return;
-            }
+        if conn.write_snapshot(snapshot).is_err() {
+            return;
         }
-        drop(snapshot);
         if conn.flush().await.is_err() {
             return;
         }

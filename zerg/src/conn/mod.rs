@@ -6,6 +6,7 @@
 //! side takes the lock only to move whole batches in or out, and asks the reactor for work by
 //! setting request bits and queueing the connection's token once.
 
+pub(crate) mod outgoing;
 mod read;
 mod write;
 
@@ -60,8 +61,8 @@ pub(crate) struct ConnState {
     pub(crate) read_end: Option<CloseReason>,
     pub(crate) read_waker: Option<Waker>,
 
-    /// Bytes flushed by the handle and not yet taken by the reactor.
-    pub(crate) outgoing: Vec<u8>,
+    /// What the handle flushed and the reactor has not taken yet.
+    pub(crate) outgoing: outgoing::Outgoing,
     /// Flushes requested / completed (a flush is done when `flush_done >= its sequence`).
     pub(crate) flush_requested: u64,
     pub(crate) flush_done: u64,
@@ -237,8 +238,14 @@ impl Drop for Connection {
     fn drop(&mut self) {
         let queue = {
             let mut st = self.shared.lock();
+            // Received pieces staged for sending and never flushed go back to the kernel.
+            let st = &mut *st;
+            self.wbuf.take_pieces(&mut st.returned);
+            if !st.returned.is_empty() {
+                st.requests |= request::RETURN;
+            }
             st.handle_dropped = true;
-            ConnShared::raise(&mut st, request::CLOSE)
+            ConnShared::raise(st, request::CLOSE)
         };
         if queue {
             self.shared.enqueue();

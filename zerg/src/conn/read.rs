@@ -181,6 +181,19 @@ impl ReadSnapshot {
     /// dropping the snapshot.
     pub fn release(self) {}
 
+    /// Whether this snapshot was read from the connection `shared`.
+    pub(crate) fn is_from(&self, shared: &Arc<ConnShared>) -> bool {
+        self.shared.as_ref().is_some_and(|s| Arc::ptr_eq(s, shared))
+    }
+
+    /// Takes the live pieces out (the caller now owns them and must hand them back).
+    pub(crate) fn take_items(&mut self) -> std::vec::Drain<'_, RecvItem> {
+        // Pieces before `next` went out as ring items, which hand themselves back.
+        let next = std::mem::take(&mut self.next);
+        self.items.drain(..next);
+        self.items.drain(..)
+    }
+
     /// An empty snapshot (no pieces, not closed), for adapters that gather several reads.
     pub(crate) const fn empty() -> Self {
         ReadSnapshot {

@@ -9,14 +9,17 @@ use std::task::{Context, Poll};
 
 use crate::error::{CloseReason, Error, Result};
 
-use super::{ConnShared, ConnState, Connection, request};
+use super::outgoing::Outgoing;
+use super::{ConnShared, ConnState, Connection, ReadSnapshot, request};
+use crate::buf_ring::RecvItem;
 
 /// The staging buffer of a connection.
 ///
-/// `buf[..len]` is staged. After [`Connection::get_span`], `buf` may be longer than `len`: the
-/// tail is the span handed out (initialised memory, so the span is a plain `&mut [u8]`).
+/// `out.bytes[..len]` is staged. After [`Connection::get_span`], `out.bytes` may be longer than
+/// `len`: the tail is the span handed out (initialised memory, so the span is a plain
+/// `&mut [u8]`). Received pieces staged by [`Connection::write_snapshot`] are listed in `out`.
 pub(crate) struct WriteBuf {
-    buf: Vec<u8>,
+    out: Outgoing,
     len: usize,
     limit: usize,
 }
@@ -24,7 +27,7 @@ pub(crate) struct WriteBuf {
 impl WriteBuf {
     pub(crate) fn new(limit: usize) -> Self {
         Self {
-            buf: Vec::new(),
+            out: Outgoing::default(),
             len: 0,
             limit,
         }
@@ -39,23 +42,29 @@ impl WriteBuf {
     }
 
     fn stage(&mut self, data: &[u8]) {
-        self.buf.truncate(self.len);
-        self.buf.extend_from_slice(data);
+        self.out.bytes.truncate(self.len);
+        self.out.bytes.extend_from_slice(data);
         self.len += data.len();
     }
 
-    /// Moves the staged bytes into `st.outgoing` (swapping vectors when it is empty, so no bytes
+    /// Nothing staged: no bytes, no pieces.
+    fn is_empty(&self) -> bool {
+        self.len == 0 && self.out.segs.is_empty()
+    }
+
+    /// Moves what is staged into `st.outgoing` (swapping buffers when it is empty, so no bytes
     /// are copied) and counts a flush.
     fn hand_over(&mut self, st: &mut ConnState) {
-        self.buf.truncate(self.len);
-        if st.outgoing.is_empty() {
-            std::mem::swap(&mut st.outgoing, &mut self.buf);
-        } else {
-            st.outgoing.extend_from_slice(&self.buf);
-            self.buf.clear();
-        }
+        self.out.bytes.truncate(self.len);
+        st.outgoing.append(&mut self.out);
         self.len = 0;
         st.flush_requested += 1;
+    }
+
+    /// Moves the staged pieces out, for handing back unsent (the handle is dropped).
+    pub(crate) fn take_pieces(&mut self, out: &mut Vec<RecvItem>) {
+        self.out.bytes.truncate(self.len);
+        self.out.take_pieces(out);
     }
 }
 
@@ -80,6 +89,38 @@ impl Connection {
         Ok(())
     }
 
+    /// Stages every byte of `snapshot` for sending, after what is staged already. When the
+    /// snapshot was read from this connection its receive buffers are sent as they are — no copy
+    /// (echo, forwarding) — and go back to the kernel once sent; they count against
+    /// `max_buffers_per_connection`, not `max_write_buffer`, until then. A snapshot of another
+    /// connection is copied, like [`write`](Self::write).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WriteBufferFull`] when a copied snapshot does not fit `max_write_buffer`; nothing
+    /// is staged then (the snapshot's buffers go back to the kernel).
+    pub fn write_snapshot(&mut self, mut snapshot: ReadSnapshot) -> Result<()> {
+        if !snapshot.is_from(&self.shared) {
+            let n = snapshot.len();
+            if n > self.wbuf.room() {
+                return Err(Error::WriteBufferFull {
+                    staged: self.wbuf.len,
+                    requested: n,
+                    limit: self.wbuf.limit,
+                });
+            }
+            for b in snapshot.buffers() {
+                self.wbuf.stage(b);
+            }
+            return Ok(());
+        }
+        self.wbuf.out.bytes.truncate(self.wbuf.len);
+        for item in snapshot.take_items() {
+            self.wbuf.out.push_piece(item);
+        }
+        Ok(())
+    }
+
     /// Bytes staged and not yet flushed.
     pub fn staged(&self) -> usize {
         self.wbuf.len
@@ -90,10 +131,10 @@ impl Connection {
     /// initial contents are unspecified (zeroes or earlier bytes).
     pub fn get_span(&mut self, size_hint: usize) -> &mut [u8] {
         let want = self.wbuf.len + size_hint.max(1);
-        if self.wbuf.buf.len() < want {
-            self.wbuf.buf.resize(want, 0);
+        if self.wbuf.out.bytes.len() < want {
+            self.wbuf.out.bytes.resize(want, 0);
         }
-        &mut self.wbuf.buf[self.wbuf.len..]
+        &mut self.wbuf.out.bytes[self.wbuf.len..]
     }
 
     /// Commits `count` bytes written into the span from [`get_span`](Self::get_span).
@@ -103,7 +144,7 @@ impl Connection {
     /// [`Error::AdvanceOutOfRange`] if `count` exceeds the span; [`Error::WriteBufferFull`] if it
     /// would exceed `max_write_buffer`. Nothing is committed then.
     pub fn advance(&mut self, count: usize) -> Result<()> {
-        let available = self.wbuf.buf.len() - self.wbuf.len;
+        let available = self.wbuf.out.bytes.len() - self.wbuf.len;
         if count > available {
             return Err(Error::AdvanceOutOfRange {
                 requested: count,
@@ -170,7 +211,7 @@ impl Connection {
             }
             st.in_cycle = false;
             let mut queue = false;
-            if self.wbuf.len > 0 {
+            if !self.wbuf.is_empty() {
                 self.wbuf.hand_over(&mut st);
                 queue = ConnShared::raise(&mut st, request::FLUSH);
             } else if st.requests != 0 {
@@ -450,12 +491,12 @@ unsafe impl bytes::BufMut for Connection {
         assert!(cnt <= self.wbuf.room(), "advance_mut past max_write_buffer");
         // SAFETY: the caller initialised `cnt` bytes of the chunk returned by `chunk_mut`, which
         // is the vector's spare capacity right after `len` (the vector was truncated to `len`).
-        unsafe { bytes::BufMut::advance_mut(&mut self.wbuf.buf, cnt) };
+        unsafe { bytes::BufMut::advance_mut(&mut self.wbuf.out.bytes, cnt) };
         self.wbuf.len += cnt;
     }
 
     fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
-        self.wbuf.buf.truncate(self.wbuf.len);
-        bytes::BufMut::chunk_mut(&mut self.wbuf.buf)
+        self.wbuf.out.bytes.truncate(self.wbuf.len);
+        bytes::BufMut::chunk_mut(&mut self.wbuf.out.bytes)
     }
 }

@@ -889,6 +889,7 @@ impl Reactor {
             .ring
             .send(
                 &mut conn.send,
+                &self.shared.pool,
                 conn.fd,
                 Token::conn(Kind::Send, id),
                 Token::conn(Kind::SendTimeout, id),
@@ -908,9 +909,17 @@ impl Reactor {
         if res > 0 {
             self.stats.bytes_sent += res as u64;
         }
+        if !conn.send.done().is_empty() {
+            // Received pieces sent in place go back to the ring (and may resume the receive).
+            self.release_sent(id)?;
+        }
+        let Some(conn) = self.conns.get_mut(id) else {
+            return Ok(());
+        };
         match progress {
             SendProgress::Partial if conn.closing => {
                 conn.send.discard();
+                self.release_sent(id)?;
             }
             // The rest goes out next.
             SendProgress::Partial => return self.start_send(id),
@@ -967,6 +976,37 @@ impl Reactor {
         Ok(())
     }
 
+    /// Hands back to the ring the received pieces a send no longer needs.
+    fn release_sent(&mut self, id: ConnectionId) -> Result<()> {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return Ok(());
+        };
+        let done = conn.send.done();
+        let n = done.len() as u32;
+        for item in done.drain(..) {
+            self.bufs.release(&item);
+        }
+        conn.held = conn.held.saturating_sub(n);
+        self.maybe_resume(id)
+    }
+
+    /// Re-arms a paused receive once the connection holds few enough buffers.
+    fn maybe_resume(&mut self, id: ConnectionId) -> Result<()> {
+        let max_held = self.max_held;
+        let Some(conn) = self.conns.get_mut(id) else {
+            return Ok(());
+        };
+        if conn.recv == RecvState::Paused
+            && conn.held <= max_held / 2
+            && !conn.closing
+            && !conn.dead
+        {
+            self.stats.recv_rearms += 1;
+            self.arm_recv(id)?;
+        }
+        Ok(())
+    }
+
     fn drain_requests(&mut self) -> Result<()> {
         let mut tokens = std::mem::take(&mut self.tokens);
         local::take_tokens(&mut tokens);
@@ -1012,7 +1052,6 @@ impl Reactor {
             return Ok(());
         };
         let id = token.id;
-        let max_held = self.max_held;
         let Some(conn) = self.conns.get_mut(id) else {
             self.zombie_returns(id);
             return Ok(());
@@ -1042,22 +1081,17 @@ impl Reactor {
         if let Some(w) = waker {
             w.wake();
         }
-        let mut resume = false;
-        if !items.is_empty() {
+        let released = !items.is_empty();
+        if released {
             for item in &items {
                 self.bufs.release(item);
             }
             conn.held = conn.held.saturating_sub(items.len() as u32);
             items.clear();
-            resume = conn.recv == RecvState::Paused
-                && conn.held <= max_held / 2
-                && !conn.closing
-                && !conn.dead;
         }
         self.items = items;
-        if resume {
-            self.stats.recv_rearms += 1;
-            self.arm_recv(id)?;
+        if released {
+            self.maybe_resume(id)?;
         }
         if start {
             self.start_send(id)?;
@@ -1132,6 +1166,11 @@ impl Reactor {
         };
         conn.closing = true;
         conn.send.discard();
+        let unsent = conn.send.done().len() as u32;
+        for item in conn.send.done().drain(..) {
+            self.bufs.release(&item);
+        }
+        conn.held = conn.held.saturating_sub(unsent);
         if let Some(r) = reason {
             end_read(conn, r);
             end_write(conn, r);
@@ -1162,6 +1201,10 @@ impl Reactor {
             st.fd_closed = true;
             items.extend(st.recv.drain(..));
             items.append(&mut st.returned);
+            // Received pieces flushed for sending in place and never sent.
+            st.outgoing.take_pieces(&mut items);
+            conn.send.discard();
+            items.append(conn.send.done());
             st.read_end.get_or_insert(CloseReason::Local);
             st.write_end.get_or_insert(CloseReason::Local);
             (st.read_waker.take(), st.flush_waker.take())

@@ -13,6 +13,8 @@ use std::time::Duration;
 use io_uring::types::{CancelBuilder, Fd, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 
+use crate::buf_ring::{BufPool, RecvItem};
+use crate::conn::outgoing::{Outgoing, Seg};
 use crate::sys;
 
 /// An io_uring plus the memory its operations point to.
@@ -188,23 +190,32 @@ impl Ring {
         )
     }
 
-    /// Sends what is left in `buf` (without SIGPIPE). With a write timeout configured, a linked
-    /// timeout follows (returns `true`: two completions will come).
+    /// Sends what is left in `buf` (without SIGPIPE): one `send` for plain bytes, one `sendmsg`
+    /// over an iovec per segment when received pieces are sent in place. With a write timeout
+    /// configured, a linked timeout follows (returns `true`: two completions will come).
     pub(crate) fn send(
         &mut self,
         buf: &mut SendBuf,
+        pool: &BufPool,
         fd: RawFd,
         user_data: u64,
         timeout_user_data: u64,
     ) -> io::Result<bool> {
         assert!(!buf.inflight, "a send is already in flight for this buffer");
-        let rest = &buf.buf[buf.pos..];
-        let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+        let mut entry = if buf.out.segs.is_empty() {
+            let rest = &buf.out.bytes[buf.pos..];
+            let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+            opcode::Send::new(Fd(fd), rest.as_ptr(), len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        } else {
+            buf.build_iovecs(pool);
+            opcode::SendMsg::new(Fd(fd), &raw const *buf.msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+        }
+        .user_data(user_data);
         let linked = self.write_timeout.is_some();
-        let mut entry = opcode::Send::new(Fd(fd), rest.as_ptr(), len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(user_data);
         if linked {
             entry = entry.flags(squeue::Flags::IO_LINK);
         }
@@ -241,12 +252,46 @@ fn set_optlen(entry: &mut squeue::Entry, value: u32) {
     raw[SQE_OPTLEN_OFFSET..SQE_OPTLEN_OFFSET + 4].copy_from_slice(&value.to_ne_bytes());
 }
 
-/// Bytes being sent on one connection.
-#[derive(Debug, Default)]
+/// What one connection is sending. Owns the memory its send points to and never changes it
+/// while the send is in flight; dropped mid-flight, it leaks that memory rather than free it.
+#[derive(Debug)]
 pub(crate) struct SendBuf {
-    buf: Vec<u8>,
+    out: Outgoing,
+    /// Plain form: bytes sent so far.
     pos: usize,
+    /// Segment form: index of the first unsent segment and bytes of it already sent.
+    seg: usize,
+    seg_off: usize,
     inflight: bool,
+    /// Segment form: the iovecs and header of the `sendmsg` in flight (boxed: stable address).
+    iov: Vec<libc::iovec>,
+    msg: Box<libc::msghdr>,
+    /// Received pieces that were sent (or will not be), for the reactor to hand back.
+    done: Vec<RecvItem>,
+    /// Recent largest batch, decaying: how much capacity is worth keeping.
+    peak: usize,
+}
+
+// SAFETY: the raw pointers in `iov` and `msg` point into this value's own vectors or into the
+// receive pool, and are only dereferenced by the kernel while a send is in flight; the value
+// moves between threads only with the reactor that owns it, before any send exists.
+unsafe impl Send for SendBuf {}
+
+impl Default for SendBuf {
+    fn default() -> Self {
+        Self {
+            out: Outgoing::default(),
+            pos: 0,
+            seg: 0,
+            seg_off: 0,
+            inflight: false,
+            iov: Vec::new(),
+            // SAFETY: an all-zero `msghdr` (no name, no iovecs, no control data) is valid.
+            msg: Box::new(unsafe { std::mem::zeroed() }),
+            done: Vec::new(),
+            peak: 0,
+        }
+    }
 }
 
 /// What a send completion means for its buffer.
@@ -260,6 +305,9 @@ pub(crate) enum SendProgress {
     Failed(i32),
 }
 
+/// Most iovecs per `sendmsg` (`UIO_MAXIOV`).
+const MAX_IOV: usize = 1024;
+
 impl SendBuf {
     pub(crate) fn is_inflight(&self) -> bool {
         self.inflight
@@ -267,50 +315,129 @@ impl SendBuf {
 
     /// Nothing left to send.
     pub(crate) fn is_empty(&self) -> bool {
-        self.pos >= self.buf.len()
+        if self.out.segs.is_empty() {
+            self.pos >= self.out.bytes.len()
+        } else {
+            self.seg >= self.out.segs.len()
+        }
     }
 
-    /// Takes `bytes` as the next thing to send, leaving an empty vector in their place.
-    pub(crate) fn load(&mut self, bytes: &mut Vec<u8>) {
+    /// Takes `next` as the next thing to send, leaving an empty buffer in its place.
+    pub(crate) fn load(&mut self, next: &mut Outgoing) {
         assert!(
             !self.inflight && self.is_empty(),
             "loading a busy send buffer"
         );
-        self.buf.clear();
-        std::mem::swap(&mut self.buf, bytes);
+        self.out.clear();
+        std::mem::swap(&mut self.out, next);
+        self.out.seal();
         self.pos = 0;
+        self.seg = 0;
+        self.seg_off = 0;
     }
 
-    /// Applies a send completion. A buffer larger than `retain` shrinks when the batch it just
-    /// sent used less than half of it.
+    /// Received pieces fully sent (or abandoned), to hand back to the ring.
+    pub(crate) fn done(&mut self) -> &mut Vec<RecvItem> {
+        &mut self.done
+    }
+
+    fn build_iovecs(&mut self, pool: &BufPool) {
+        self.iov.clear();
+        let mut off = self.seg_off;
+        for seg in &self.out.segs[self.seg..] {
+            if self.iov.len() == MAX_IOV {
+                break;
+            }
+            let (ptr, len) = match *seg {
+                Seg::Bytes { start, len } => (
+                    self.out.bytes[start as usize..(start + len) as usize].as_ptr(),
+                    len as usize,
+                ),
+                Seg::Piece(item) => {
+                    // SAFETY: the piece was delivered to this connection and is held until the
+                    // reactor takes it from `done` after the send; the kernel does not write
+                    // into a held buffer.
+                    let bytes = unsafe { pool.slice(&item) };
+                    (bytes.as_ptr(), bytes.len())
+                }
+            };
+            self.iov.push(libc::iovec {
+                iov_base: ptr.wrapping_add(off) as *mut libc::c_void,
+                iov_len: len - off,
+            });
+            off = 0;
+        }
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = self.iov.len();
+    }
+
+    /// Applies a send completion. A buffer larger than `retain` shrinks once recent batches
+    /// used less than half of it.
     pub(crate) fn complete(&mut self, res: i32, retain: usize) -> SendProgress {
         self.inflight = false;
         if res <= 0 {
-            self.buf.clear();
-            self.pos = 0;
+            self.abandon();
             return SendProgress::Failed(res);
         }
-        self.pos += res as usize;
-        if self.pos < self.buf.len() {
-            return SendProgress::Partial;
+        let mut n = res as usize;
+        if self.out.segs.is_empty() {
+            self.pos += n;
+            if self.pos < self.out.bytes.len() {
+                return SendProgress::Partial;
+            }
+        } else {
+            while n > 0 && self.seg < self.out.segs.len() {
+                let seg = self.out.segs[self.seg];
+                let left = seg.len() - self.seg_off;
+                if n < left {
+                    self.seg_off += n;
+                    n = 0;
+                } else {
+                    n -= left;
+                    if let Seg::Piece(item) = seg {
+                        self.done.push(item);
+                    }
+                    self.seg += 1;
+                    self.seg_off = 0;
+                }
+            }
+            if self.seg < self.out.segs.len() {
+                return SendProgress::Partial;
+            }
         }
-        let sent = self.buf.len();
-        self.buf.clear();
+        let sent = self.out.bytes.len();
+        self.out.clear();
         self.pos = 0;
+        self.seg = 0;
+        self.seg_off = 0;
         // Keep a large buffer while responses stay large (steady streaming reuses it without
-        // reallocating or faulting pages in); shrink it once a response no longer needs it.
-        if self.buf.capacity() > retain && sent.saturating_mul(2) < self.buf.capacity() {
-            self.buf.shrink_to(sent.max(retain));
+        // reallocating or faulting pages in); shrink it once they no longer need it.
+        self.peak = sent.max(self.peak - self.peak / 8);
+        if self.out.bytes.capacity() > retain
+            && self.peak.saturating_mul(2) < self.out.bytes.capacity()
+        {
+            self.out.bytes.shrink_to(self.peak.max(retain));
         }
         SendProgress::Done
     }
 
-    /// Drops the unsent bytes (connection closing). Only when no send is in flight.
+    /// Drops what is unsent; received pieces go to `done`. Only when no send is in flight.
     pub(crate) fn discard(&mut self) {
         if !self.inflight {
-            self.buf.clear();
-            self.pos = 0;
+            self.abandon();
         }
+    }
+
+    fn abandon(&mut self) {
+        for seg in &self.out.segs[self.seg.min(self.out.segs.len())..] {
+            if let Seg::Piece(item) = *seg {
+                self.done.push(item);
+            }
+        }
+        self.out.clear();
+        self.pos = 0;
+        self.seg = 0;
+        self.seg_off = 0;
     }
 }
 
@@ -318,7 +445,16 @@ impl Drop for SendBuf {
     fn drop(&mut self) {
         if self.inflight {
             // The kernel may still read these bytes: never free them.
-            std::mem::forget(std::mem::take(&mut self.buf));
+            std::mem::forget(std::mem::take(&mut self.out));
+            std::mem::forget(std::mem::take(&mut self.iov));
+            let msg = std::mem::replace(
+                &mut self.msg,
+                Box::new(
+                    // SAFETY: an all-zero `msghdr` is valid.
+                    unsafe { std::mem::zeroed() },
+                ),
+            );
+            std::mem::forget(msg);
         }
     }
 }

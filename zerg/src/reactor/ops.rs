@@ -209,8 +209,8 @@ impl Ring {
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
         } else {
-            buf.build_iovecs(pool);
-            opcode::SendMsg::new(Fd(fd), &raw const *buf.msg)
+            let msg = buf.build_iovecs(pool);
+            opcode::SendMsg::new(Fd(fd), msg)
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
         }
@@ -254,45 +254,36 @@ fn set_optlen(entry: &mut squeue::Entry, value: u32) {
 
 /// What one connection is sending. Owns the memory its send points to and never changes it
 /// while the send is in flight; dropped mid-flight, it leaks that memory rather than free it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct SendBuf {
     out: Outgoing,
     /// Plain form: bytes sent so far.
     pos: usize,
-    /// Segment form: index of the first unsent segment and bytes of it already sent.
-    seg: usize,
-    seg_off: usize,
     inflight: bool,
-    /// Segment form: the iovecs and header of the `sendmsg` in flight (boxed: stable address).
-    iov: Vec<libc::iovec>,
-    msg: Box<libc::msghdr>,
     /// Received pieces that were sent (or will not be), for the reactor to hand back.
     done: Vec<RecvItem>,
     /// Recent largest batch, decaying: how much capacity is worth keeping.
     peak: usize,
+    /// Segment form's state, allocated the first time a connection sends pieces in place (an
+    /// idle connection carries none of it).
+    segs: Option<Box<SegSend>>,
 }
 
-// SAFETY: the raw pointers in `iov` and `msg` point into this value's own vectors or into the
-// receive pool, and are only dereferenced by the kernel while a send is in flight; the value
-// moves between threads only with the reactor that owns it, before any send exists.
+/// The `sendmsg` state of the segment form.
+#[derive(Debug)]
+struct SegSend {
+    /// Index of the first unsent segment and bytes of it already sent.
+    seg: usize,
+    seg_off: usize,
+    /// The iovecs and header of the `sendmsg` in flight (boxed with this struct: stable address).
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+// SAFETY: the raw pointers in `SegSend` point into this value's own vectors or into the receive
+// pool, and are only dereferenced by the kernel while a send is in flight; the value moves
+// between threads only with the reactor that owns it, before any send exists.
 unsafe impl Send for SendBuf {}
-
-impl Default for SendBuf {
-    fn default() -> Self {
-        Self {
-            out: Outgoing::default(),
-            pos: 0,
-            seg: 0,
-            seg_off: 0,
-            inflight: false,
-            iov: Vec::new(),
-            // SAFETY: an all-zero `msghdr` (no name, no iovecs, no control data) is valid.
-            msg: Box::new(unsafe { std::mem::zeroed() }),
-            done: Vec::new(),
-            peak: 0,
-        }
-    }
-}
 
 /// What a send completion means for its buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,7 +309,9 @@ impl SendBuf {
         if self.out.segs.is_empty() {
             self.pos >= self.out.bytes.len()
         } else {
-            self.seg >= self.out.segs.len()
+            self.segs
+                .as_ref()
+                .is_none_or(|s| s.seg >= self.out.segs.len())
         }
     }
 
@@ -332,8 +325,19 @@ impl SendBuf {
         std::mem::swap(&mut self.out, next);
         self.out.seal();
         self.pos = 0;
-        self.seg = 0;
-        self.seg_off = 0;
+        if !self.out.segs.is_empty() {
+            let st = self.segs.get_or_insert_with(|| {
+                Box::new(SegSend {
+                    seg: 0,
+                    seg_off: 0,
+                    iov: Vec::new(),
+                    // SAFETY: an all-zero `msghdr` (no name, no iovecs, no control) is valid.
+                    msg: unsafe { std::mem::zeroed() },
+                })
+            });
+            st.seg = 0;
+            st.seg_off = 0;
+        }
     }
 
     /// Received pieces fully sent (or abandoned), to hand back to the ring.
@@ -341,11 +345,16 @@ impl SendBuf {
         &mut self.done
     }
 
-    fn build_iovecs(&mut self, pool: &BufPool) {
-        self.iov.clear();
-        let mut off = self.seg_off;
-        for seg in &self.out.segs[self.seg..] {
-            if self.iov.len() == MAX_IOV {
+    /// Fills the iovecs for what is unsent and returns the `msghdr` pointing at them.
+    fn build_iovecs(&mut self, pool: &BufPool) -> *const libc::msghdr {
+        let st = self
+            .segs
+            .as_mut()
+            .expect("segment form has its sendmsg state");
+        st.iov.clear();
+        let mut off = st.seg_off;
+        for seg in &self.out.segs[st.seg..] {
+            if st.iov.len() == MAX_IOV {
                 break;
             }
             let (ptr, len) = match *seg {
@@ -361,14 +370,15 @@ impl SendBuf {
                     (bytes.as_ptr(), bytes.len())
                 }
             };
-            self.iov.push(libc::iovec {
+            st.iov.push(libc::iovec {
                 iov_base: ptr.wrapping_add(off) as *mut libc::c_void,
                 iov_len: len - off,
             });
             off = 0;
         }
-        self.msg.msg_iov = self.iov.as_mut_ptr();
-        self.msg.msg_iovlen = self.iov.len();
+        st.msg.msg_iov = st.iov.as_mut_ptr();
+        st.msg.msg_iovlen = st.iov.len();
+        &raw const st.msg
     }
 
     /// Applies a send completion. A buffer larger than `retain` shrinks once recent batches
@@ -386,30 +396,32 @@ impl SendBuf {
                 return SendProgress::Partial;
             }
         } else {
-            while n > 0 && self.seg < self.out.segs.len() {
-                let seg = self.out.segs[self.seg];
-                let left = seg.len() - self.seg_off;
+            let st = self
+                .segs
+                .as_mut()
+                .expect("segment form has its sendmsg state");
+            while n > 0 && st.seg < self.out.segs.len() {
+                let seg = self.out.segs[st.seg];
+                let left = seg.len() - st.seg_off;
                 if n < left {
-                    self.seg_off += n;
+                    st.seg_off += n;
                     n = 0;
                 } else {
                     n -= left;
                     if let Seg::Piece(item) = seg {
                         self.done.push(item);
                     }
-                    self.seg += 1;
-                    self.seg_off = 0;
+                    st.seg += 1;
+                    st.seg_off = 0;
                 }
             }
-            if self.seg < self.out.segs.len() {
+            if st.seg < self.out.segs.len() {
                 return SendProgress::Partial;
             }
         }
         let sent = self.out.bytes.len();
         self.out.clear();
         self.pos = 0;
-        self.seg = 0;
-        self.seg_off = 0;
         // Keep a large buffer while responses stay large (steady streaming reuses it without
         // reallocating or faulting pages in); shrink it once they no longer need it.
         self.peak = sent.max(self.peak - self.peak / 8);
@@ -429,32 +441,27 @@ impl SendBuf {
     }
 
     fn abandon(&mut self) {
-        for seg in &self.out.segs[self.seg.min(self.out.segs.len())..] {
+        let first = self.segs.as_ref().map_or(0, |s| s.seg);
+        for seg in &self.out.segs[first.min(self.out.segs.len())..] {
             if let Seg::Piece(item) = *seg {
                 self.done.push(item);
             }
         }
         self.out.clear();
         self.pos = 0;
-        self.seg = 0;
-        self.seg_off = 0;
+        if let Some(st) = &mut self.segs {
+            st.seg = 0;
+            st.seg_off = 0;
+        }
     }
 }
 
 impl Drop for SendBuf {
     fn drop(&mut self) {
         if self.inflight {
-            // The kernel may still read these bytes: never free them.
+            // The kernel may still read these bytes and iovecs: never free them.
             std::mem::forget(std::mem::take(&mut self.out));
-            std::mem::forget(std::mem::take(&mut self.iov));
-            let msg = std::mem::replace(
-                &mut self.msg,
-                Box::new(
-                    // SAFETY: an all-zero `msghdr` is valid.
-                    unsafe { std::mem::zeroed() },
-                ),
-            );
-            std::mem::forget(msg);
+            std::mem::forget(self.segs.take());
         }
     }
 }

@@ -261,9 +261,6 @@ impl Acceptor {
     }
 
     fn hand_off(&mut self, fd: RawFd) -> Result<()> {
-        if let Err(e) = sys::set_nodelay(fd) {
-            tracing::debug!(fd, error = %e, "TCP_NODELAY failed");
-        }
         // Round-robin over reactors that still run.
         let n = self.targets.len();
         let mut chosen = None;

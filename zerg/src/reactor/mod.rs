@@ -337,6 +337,20 @@ struct Reactor {
     cancel_all_sent: bool,
 }
 
+/// The error for a failed buffer-ring registration: kernels before 6.12 reject the
+/// `IOU_PBUF_RING_INC` flag with `EINVAL`.
+fn register_error(e: std::io::Error, incremental: bool, who: &str) -> Error {
+    if incremental && e.raw_os_error() == Some(libc::EINVAL) {
+        Error::Unsupported {
+            feature: "incremental buffer consumption (IOU_PBUF_RING_INC)",
+            needs: "6.12",
+            source: e,
+        }
+    } else {
+        Error::io(format!("IORING_REGISTER_PBUF_RING for {who}"), e)
+    }
+}
+
 fn fatal(e: std::io::Error, what: &str) -> Error {
     Error::io(what.to_string(), e)
 }
@@ -381,17 +395,11 @@ impl Reactor {
             )
         })?;
         if let Err(e) = bufs.register(&uring.submitter()) {
-            return Err(
-                if config.incremental_buffer_consumption && e.raw_os_error() == Some(libc::EINVAL) {
-                    Error::Unsupported {
-                        feature: "incremental buffer consumption (IOU_PBUF_RING_INC)",
-                        needs: "6.12",
-                        source: e,
-                    }
-                } else {
-                    Error::io(format!("IORING_REGISTER_PBUF_RING for {who}"), e)
-                },
-            );
+            return Err(register_error(
+                e,
+                config.incremental_buffer_consumption,
+                &who,
+            ));
         }
         let ring = Ring::new(
             uring,
@@ -633,9 +641,6 @@ impl Reactor {
             self.accept_armed = false;
         }
         if res >= 0 {
-            if let Err(e) = sys::set_nodelay(res) {
-                tracing::debug!(fd = res, error = %e, "TCP_NODELAY failed");
-            }
             self.adopt(res)?;
         } else if res != -libc::ECANCELED && !self.engine.is_stopping() {
             self.stats.accept_errors += 1;
@@ -1378,5 +1383,32 @@ fn shutdown_now(conn: &mut Conn) {
     };
     if let Some(w) = w {
         w.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_kernel_rejecting_incremental_rings_gets_a_clear_error() {
+        let einval = || std::io::Error::from_raw_os_error(libc::EINVAL);
+        let e = register_error(einval(), true, "reactor 0");
+        let msg = e.to_string();
+        assert!(
+            matches!(e, Error::Unsupported { needs: "6.12", .. }),
+            "{e:?}"
+        );
+        assert!(
+            msg.contains("IOU_PBUF_RING_INC") && msg.contains("Linux 6.12"),
+            "{msg}"
+        );
+        // Without the flag, EINVAL is a plain registration failure naming the reactor.
+        let e = register_error(einval(), false, "reactor 3");
+        assert!(
+            e.to_string()
+                .starts_with("IORING_REGISTER_PBUF_RING for reactor 3"),
+            "{e}"
+        );
     }
 }

@@ -46,6 +46,11 @@ pub(crate) fn listen(
             .set_only_v6(version == IpVersion::Ipv6)
             .map_err(|e| Error::io(what("IPV6_V6ONLY"), e))?;
     }
+    // Linux copies TCP_NODELAY from the listener to every accepted socket: one setsockopt here
+    // instead of one per connection.
+    socket
+        .set_tcp_nodelay(true)
+        .map_err(|e| Error::io(what("TCP_NODELAY"), e))?;
     socket
         .bind(&addr.into())
         .map_err(|e| Error::io(format!("bind {addr}"), e))?;
@@ -92,5 +97,24 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod nodelay_tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn accepted_sockets_inherit_nodelay() {
+        let addr = bind_addr(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, IpVersion::Ipv4);
+        let l = listen(addr, IpVersion::Ipv4, 16, false).unwrap();
+        let bound = l.local_addr().unwrap().as_socket().unwrap();
+        let _c = std::net::TcpStream::connect(bound).unwrap();
+        let (a, _) = l.accept().unwrap();
+        assert!(
+            a.tcp_nodelay().unwrap(),
+            "TCP_NODELAY not inherited from the listener"
+        );
     }
 }

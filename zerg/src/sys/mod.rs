@@ -59,20 +59,6 @@ impl EventFd {
     }
 }
 
-/// `setsockopt(TCP_NODELAY, 1)` on an accepted connection.
-pub(crate) fn set_nodelay(fd: RawFd) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // setsockopt(2) reads `size_of::<c_int>()` bytes from a live stack value.
-    syscall!(setsockopt(
-        fd,
-        libc::IPPROTO_TCP,
-        libc::TCP_NODELAY,
-        (&raw const on).cast(),
-        std::mem::size_of::<libc::c_int>() as libc::socklen_t
-    ))
-    .map(drop)
-}
-
 /// Closes a descriptor the caller owns and no in-flight operation uses any more.
 pub(crate) fn close(fd: RawFd) {
     // close(2) on a descriptor whose ownership the caller gives up here.

@@ -278,22 +278,16 @@ impl ReactorConfig {
     /// [`Error::Config`](crate::Error::Config) naming the first bad field.
     pub fn validate(&self) -> Result<()> {
         let e = |field: &'static str, why: String| Err(ConfigError::new(field, why).into());
-        if self.defer_taskrun && !self.single_issuer {
-            return e(
-                "defer_taskrun",
-                "requires single_issuer (the kernel rejects DEFER_TASKRUN without SINGLE_ISSUER)"
-                    .into(),
-            );
-        }
-        if self.sqpoll && self.defer_taskrun {
-            return e(
-                "sqpoll",
-                "cannot be combined with defer_taskrun (set defer_taskrun = false)".into(),
-            );
-        }
-        if self.sq_cpu.is_some() && !self.sqpoll {
-            return e("sq_cpu", "only applies with sqpoll = true".into());
-        }
+        validate_ring(
+            "",
+            RingFlags {
+                single_issuer: self.single_issuer,
+                defer_taskrun: self.defer_taskrun,
+                sqpoll: self.sqpoll,
+                sq_cpu: self.sq_cpu,
+                cq_timeout: self.cq_timeout,
+            },
+        )?;
         if self.sq_thread_idle > Duration::from_secs(3600) {
             return e("sq_thread_idle", "must be at most one hour".into());
         }
@@ -341,14 +335,6 @@ impl ReactorConfig {
         }
         if self.max_write_buffer == 0 {
             return e("max_write_buffer", "must be at least 1 byte".into());
-        }
-        if let Some(d) = self.cq_timeout
-            && d.is_zero()
-        {
-            return e(
-                "cq_timeout",
-                "must be non-zero (use None to wait for work)".into(),
-            );
         }
         if let Some(d) = self.write_timeout
             && d.is_zero()
@@ -431,18 +417,16 @@ impl AcceptorConfig {
         let e = |field: &'static str, why: &str| {
             Err(ConfigError::new(format!("acceptor.{field}"), why.to_string()).into())
         };
-        if self.defer_taskrun && !self.single_issuer {
-            return e("defer_taskrun", "requires single_issuer");
-        }
-        if self.sqpoll && self.defer_taskrun {
-            return e(
-                "sqpoll",
-                "cannot be combined with defer_taskrun (set defer_taskrun = false)",
-            );
-        }
-        if self.sq_cpu.is_some() && !self.sqpoll {
-            return e("sq_cpu", "only applies with sqpoll = true");
-        }
+        validate_ring(
+            "acceptor.",
+            RingFlags {
+                single_issuer: self.single_issuer,
+                defer_taskrun: self.defer_taskrun,
+                sqpoll: self.sqpoll,
+                sq_cpu: self.sq_cpu,
+                cq_timeout: self.cq_timeout,
+            },
+        )?;
         if self.ring_entries < 2 || self.ring_entries > 32768 {
             return e("ring_entries", "must be in 2..=32768");
         }
@@ -452,13 +436,41 @@ impl AcceptorConfig {
         if self.accept_backoff.is_zero() {
             return e("accept_backoff", "must be non-zero");
         }
-        if let Some(d) = self.cq_timeout
-            && d.is_zero()
-        {
-            return e("cq_timeout", "must be non-zero (use None to wait for work)");
-        }
         Ok(())
     }
+}
+
+/// The ring-setup fields the reactor and acceptor configurations share.
+struct RingFlags {
+    single_issuer: bool,
+    defer_taskrun: bool,
+    sqpoll: bool,
+    sq_cpu: Option<u32>,
+    cq_timeout: Option<Duration>,
+}
+
+/// Checks ring flags the kernel would reject together; `prefix` goes before field names.
+fn validate_ring(prefix: &str, f: RingFlags) -> Result<()> {
+    let e = |field: &str, why: &str| Err(ConfigError::new(format!("{prefix}{field}"), why).into());
+    if f.defer_taskrun && !f.single_issuer {
+        return e(
+            "defer_taskrun",
+            "requires single_issuer (the kernel rejects DEFER_TASKRUN without SINGLE_ISSUER)",
+        );
+    }
+    if f.sqpoll && f.defer_taskrun {
+        return e(
+            "sqpoll",
+            "cannot be combined with defer_taskrun (set defer_taskrun = false)",
+        );
+    }
+    if f.sq_cpu.is_some() && !f.sqpoll {
+        return e("sq_cpu", "only applies with sqpoll = true");
+    }
+    if f.cq_timeout.is_some_and(|d| d.is_zero()) {
+        return e("cq_timeout", "must be non-zero (use None to wait for work)");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

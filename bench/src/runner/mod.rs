@@ -313,13 +313,13 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     let list = |s: Option<String>| s.map(|s| s.split(',').map(String::from).collect::<Vec<_>>());
     let cfg = Config {
         quick,
-        reps: a.get("reps", if quick { 2 } else { 5 })?,
+        reps: a.get("reps", if quick { 1 } else { 5 })?,
         aux_reps: a.get("aux-reps", if quick { 1 } else { 2 })?,
         warmup: a.get("warmup", if quick { 0.3 } else { 2.0 })?,
         duration: a.get("duration", if quick { 1.0 } else { 10.0 })?,
         rate: a.get("rate", 50_000)?,
-        quiet_wait: a.get("quiet-wait", if quick { 3.0 } else { 15.0 })?,
-        quiet_budget: a.get("quiet-budget", if quick { 30.0 } else { 900.0 })?,
+        quiet_wait: a.get("quiet-wait", if quick { 1.0 } else { 15.0 })?,
+        quiet_budget: a.get("quiet-budget", if quick { 15.0 } else { 900.0 })?,
         only: list(a.opt("only")?),
         servers: list(a.opt("servers")?),
         out: a

@@ -421,7 +421,7 @@ fn markdown(
     if !sys.is_empty() {
         s.push_str(
             "\n## Syscalls per request\n\n\
-             Server syscalls (all threads) during a loadgen run of HTTP keep-alive, 16 \
+             Server syscalls (all threads) during a loadgen run of HTTP keep-alive, 256 \
              connections, depth 1, divided by the responses. `perf` counts the \
              raw_syscalls:sys_enter tracepoint (the server runs at nearly full speed); \
              `strace -c -f` stops the server on every call (it runs several times slower, \
@@ -614,12 +614,6 @@ fn svg(title: &str, servers: &[String], panels: &[Panel]) -> String {
                 s,
                 r#"<text x="{cx}" y="{}" text-anchor="middle">{label}</text>"#,
                 r1(base_y - b.max.max(b.median) * scale - 4.0)
-            );
-            let _ = writeln!(
-                s,
-                r##"<text x="{cx}" y="{}" text-anchor="middle" fill="#444" font-size="9">{}</text>"##,
-                base_y + 12.0,
-                esc(&servers[i])
             );
         }
     }

@@ -62,7 +62,7 @@ check_http sequence
 check_http sqpoll --sq-cpu 0
 check_echo echo
 check_echo echo --mode reactor --incremental
-for ex in pipereader stream hyper; do
+for ex in pipereader stream hyper codec; do
   [[ -x "$bin/$ex" ]] && check_http "$ex"
 done
 exit $fail

@@ -146,27 +146,32 @@ where
                 .build()
                 .expect("tokio runtime");
             rt.block_on(async move {
+                // Listen for signals before the server starts, so none is missed.
+                let mut stop = Stop::new();
                 let engine = start(Engine::listen(options), args);
-                let mut stop = std::pin::pin!(signal());
                 loop {
                     tokio::select! {
                         conn = engine.accept() => match conn {
                             Some(conn) => { tokio::spawn(handler(conn)); }
                             None => break,
                         },
-                        _ = &mut stop => break,
+                        _ = stop.recv() => break,
                     }
                 }
                 finish(engine);
             });
         }
         Mode::Reactor => {
-            let engine = start(Engine::serve(options, handler), args);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            rt.block_on(signal());
+            let mut stop = {
+                let _in_runtime = rt.enter();
+                Stop::new()
+            };
+            let engine = start(Engine::serve(options, handler), args);
+            rt.block_on(stop.recv());
             finish(engine);
         }
     }
@@ -210,14 +215,27 @@ fn finish(engine: Engine) {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGINT and SIGTERM, listened for from the moment it is created (inside a tokio runtime).
+pub struct Stop {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    pub fn new() -> Stop {
+        use tokio::signal::unix::{SignalKind, signal};
+        Stop {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        }
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

@@ -1018,26 +1018,22 @@ impl Reactor {
         while let Some(t) = self.shared.remote.pop() {
             tokens.push(t);
         }
+        // The mutex-protected inboxes are looked at only when a producer flagged them.
+        let hinted = self.shared.hint.swap(false, Ordering::Acquire);
+        if hinted {
+            tokens.append(
+                &mut self
+                    .shared
+                    .overflow
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+        }
         for t in tokens.drain(..) {
             self.handle_token(t)?;
         }
         self.tokens = tokens;
-        if self.shared.hint.swap(false, Ordering::Acquire) {
-            {
-                let mut o = self
-                    .shared
-                    .overflow
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                for t in o.drain(..) {
-                    self.tokens.push(t);
-                }
-            }
-            let mut tokens = std::mem::take(&mut self.tokens);
-            for t in tokens.drain(..) {
-                self.handle_token(t)?;
-            }
-            self.tokens = tokens;
+        if hinted {
             self.shared.take_remote_runnables();
             let stop = self
                 .shared

@@ -27,5 +27,5 @@ fi
 
 cargo build -p zerg-bench --release
 # zerg rows that run binaries of other packages build them here, e.g.:
-#   cargo build -p zerg --release --examples
+#   cargo build -p zerg-uring --release --examples
 exec "$CARGO_TARGET_DIR/release/zerg-bench" all "$@"

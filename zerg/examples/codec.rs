@@ -19,7 +19,7 @@ mod common;
 use common::{Args, RESPONSE};
 use futures::{SinkExt, StreamExt};
 use tokio_util::codec::{Framed, LinesCodec};
-use zerg::{Connection, ConnectionStream};
+use zerg_uring::{Connection, ConnectionStream};
 
 async fn handle(conn: Connection) {
     let codec = LinesCodec::new_with_max_length(64 * 1024);

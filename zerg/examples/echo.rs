@@ -13,7 +13,7 @@
 mod common;
 
 use common::Args;
-use zerg::Connection;
+use zerg_uring::Connection;
 
 async fn handle(mut conn: Connection) {
     loop {

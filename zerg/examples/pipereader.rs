@@ -17,7 +17,7 @@
 mod common;
 
 use common::{Args, RESPONSE};
-use zerg::{Connection, ConnectionReader};
+use zerg_uring::{Connection, ConnectionReader};
 
 const END: &[u8] = b"\r\n\r\n";
 

@@ -14,7 +14,7 @@
 mod common;
 
 use common::{Args, RESPONSE, RequestCounter};
-use zerg::Connection;
+use zerg_uring::Connection;
 
 async fn handle(mut conn: Connection) {
     let mut counter = RequestCounter::default();

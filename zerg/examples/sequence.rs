@@ -14,7 +14,7 @@
 mod common;
 
 use common::{Args, RESPONSE};
-use zerg::Connection;
+use zerg_uring::Connection;
 
 const END: &[u8] = b"\r\n\r\n";
 

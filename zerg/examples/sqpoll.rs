@@ -17,7 +17,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Args, RESPONSE, RequestCounter};
-use zerg::Connection;
+use zerg_uring::Connection;
 
 async fn handle(mut conn: Connection) {
     let mut counter = RequestCounter::default();

@@ -16,7 +16,7 @@ mod common;
 
 use common::{Args, RESPONSE, RequestCounter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zerg::{Connection, ConnectionStream};
+use zerg_uring::{Connection, ConnectionStream};
 
 async fn handle(conn: Connection) {
     let mut stream = ConnectionStream::new(conn);

@@ -19,12 +19,12 @@
 //! An HTTP/1.1 "200 OK" responder with keep-alive and pipelining, handlers on tokio:
 //!
 //! ```no_run
-//! use zerg::{Engine, EngineOptions};
+//! use zerg_uring::{Engine, EngineOptions};
 //!
 //! const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK";
 //!
 //! #[tokio::main]
-//! async fn main() -> zerg::Result<()> {
+//! async fn main() -> zerg_uring::Result<()> {
 //!     let engine = Engine::listen(EngineOptions::with_port(8080))?;
 //!     while let Some(mut conn) = engine.accept().await {
 //!         tokio::spawn(async move {

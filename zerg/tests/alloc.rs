@@ -91,7 +91,7 @@ const CYCLES: usize = 10_000;
 const MSG: usize = 64;
 
 /// Echo that copies every snapshot into a new vector: one allocation per read, for the control.
-async fn copying_echo(mut conn: zerg::Connection) {
+async fn copying_echo(mut conn: zerg_uring::Connection) {
     loop {
         let snap = conn.read().await;
         if snap.is_closed() {
@@ -106,7 +106,7 @@ async fn copying_echo(mut conn: zerg::Connection) {
 }
 
 /// Echo sending the receive buffers in place (`write_snapshot`).
-async fn zero_copy_echo(mut conn: zerg::Connection) {
+async fn zero_copy_echo(mut conn: zerg_uring::Connection) {
     loop {
         let snap = conn.read().await;
         if snap.is_closed() {
@@ -122,7 +122,7 @@ async fn zero_copy_echo(mut conn: zerg::Connection) {
 /// bytes and the time the counted cycles took.
 fn measure<H, F>(mode: Mode, incremental: bool, handler: H, cycles: usize) -> (u64, u64, Duration)
 where
-    H: Fn(zerg::Connection) -> F + Send + Sync + Clone + 'static,
+    H: Fn(zerg_uring::Connection) -> F + Send + Sync + Clone + 'static,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     let server = TestServer::start(mode, options(1, incremental), handler);

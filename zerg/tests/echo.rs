@@ -105,7 +105,7 @@ fn client_disconnect_frees_everything() {
 
 /// Echo without copying: each snapshot's receive buffers are sent as they are
 /// (`write_snapshot`), between bytes staged with `write`.
-async fn zero_copy_echo(mut conn: zerg::Connection) {
+async fn zero_copy_echo(mut conn: zerg_uring::Connection) {
     loop {
         let snap = conn.read().await;
         if snap.is_closed() {
@@ -122,7 +122,7 @@ async fn zero_copy_echo(mut conn: zerg::Connection) {
 
 /// Framed echo: "<" + the bytes (in place) + ">" per read, to check ordering of staged bytes
 /// and in-place pieces.
-async fn framed_zero_copy_echo(mut conn: zerg::Connection) {
+async fn framed_zero_copy_echo(mut conn: zerg_uring::Connection) {
     loop {
         let snap = conn.read().await;
         if snap.is_closed() {
@@ -215,7 +215,7 @@ fn unsent_pieces_return_to_the_ring() {
         let server = TestServer::start(
             mode,
             options(1, false),
-            |mut conn: zerg::Connection| async move {
+            |mut conn: zerg_uring::Connection| async move {
                 let snap = conn.read().await;
                 if snap.is_closed() {
                     return;

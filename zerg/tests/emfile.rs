@@ -16,7 +16,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use zerg::{AcceptMode, Engine};
+use zerg_uring::{AcceptMode, Engine};
 
 const CHILD_ENV: &str = "ZERG_EMFILE_CHILD";
 /// Descriptors the child may open beyond those it has before the engine starts.

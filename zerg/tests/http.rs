@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use util::{Mode, Rng, TestServer, assert_same, options};
-use zerg::Connection;
+use zerg_uring::Connection;
 
 const REQUEST: &[u8] = b"GET /plaintext HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n\r\n";
 const RESPONSE: &[u8] =

@@ -12,7 +12,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use util::{Mode, TestServer, options, pattern};
-use zerg::{Connection, ConnectionStream};
+use zerg_uring::{Connection, ConnectionStream};
 
 /// GET: "Hello, World!"; POST: the request body back.
 async fn service(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use util::{Mode, Rng, TestServer, assert_same, drop_later, options, tagged};
-use zerg::{Connection, Error};
+use zerg_uring::{Connection, Error};
 
 /// Receive buffer size: a power of two not above the page size, so that (the pool being
 /// page-aligned) a piece's offset in its buffer is its address modulo this.

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use util::{Mode, TestServer, assert_same, connect_small_rcvbuf, echo, options, pattern, sleep};
-use zerg::{CloseReason, Connection, Engine, EngineOptions, Error};
+use zerg_uring::{CloseReason, Connection, Engine, EngineOptions, Error};
 
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -73,7 +73,7 @@ async fn paced_response(mut conn: Connection, started: Arc<AtomicUsize>) {
     }
 }
 
-fn graceful_shutdown(mode: Mode, accept: zerg::AcceptMode) {
+fn graceful_shutdown(mode: Mode, accept: zerg_uring::AcceptMode) {
     let _serial = serial();
     let mut opts = options(2, false);
     opts.accept_mode = accept;
@@ -144,17 +144,17 @@ fn graceful_shutdown(mode: Mode, accept: zerg::AcceptMode) {
 
 #[test]
 fn graceful_shutdown_drains_and_refuses_runtime() {
-    graceful_shutdown(Mode::Runtime, zerg::AcceptMode::Dedicated);
+    graceful_shutdown(Mode::Runtime, zerg_uring::AcceptMode::Dedicated);
 }
 
 #[test]
 fn graceful_shutdown_drains_and_refuses_reactor() {
-    graceful_shutdown(Mode::Reactor, zerg::AcceptMode::Dedicated);
+    graceful_shutdown(Mode::Reactor, zerg_uring::AcceptMode::Dedicated);
 }
 
 #[test]
 fn graceful_shutdown_drains_and_refuses_per_reactor_accept() {
-    graceful_shutdown(Mode::Reactor, zerg::AcceptMode::PerReactor);
+    graceful_shutdown(Mode::Reactor, zerg_uring::AcceptMode::PerReactor);
 }
 
 /// Writes 16 MiB to a peer that never reads, and reports how the flush ended.
@@ -277,7 +277,7 @@ fn two_engines_are_independent() {
     assert!(util::wait_until(Duration::from_secs(2), || zerg_threads() == 0));
 }
 
-fn config_field(res: zerg::Result<Engine>) -> String {
+fn config_field(res: zerg_uring::Result<Engine>) -> String {
     match res {
         Err(Error::Config(c)) => {
             println!("config error: {c}");
@@ -304,13 +304,13 @@ fn invalid_config_is_an_error_naming_the_field() {
     o.acceptor.ring_entries = 1;
     assert_eq!(config_field(Engine::listen(o)), "acceptor.ring_entries");
     let mut o = options(2, false);
-    o.reactor_configs = vec![zerg::ReactorConfig::default(); 3];
+    o.reactor_configs = vec![zerg_uring::ReactorConfig::default(); 3];
     assert_eq!(config_field(Engine::listen(o)), "reactor_configs");
     assert_eq!(zerg_threads(), threads);
 }
 
 /// Start-up failures: nothing may keep running (threads, descriptors).
-fn assert_failed_start(res: zerg::Result<Engine>, errno: i32, op_starts: &str) {
+fn assert_failed_start(res: zerg_uring::Result<Engine>, errno: i32, op_starts: &str) {
     let threads = 0;
     match res {
         Err(Error::Io { op, source }) => {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use util::{Mode, TestServer, options, pattern, roundtrip};
-use zerg::{Connection, ConnectionReader, EngineOptions};
+use zerg_uring::{Connection, ConnectionReader, EngineOptions};
 
 fn each_mode(test: impl Fn(Mode, bool)) {
     for mode in [Mode::Runtime, Mode::Reactor] {

@@ -17,9 +17,9 @@ use util::{
     Mode, Rng, TestServer, assert_same, connect_small_rcvbuf, drop_later, echo, options, pattern,
     reset, sleep, tagged,
 };
-use zerg::{CloseReason, Connection, EngineOptions, Error};
+use zerg_uring::{CloseReason, Connection, EngineOptions, Error};
 
-fn rc(opts: &mut EngineOptions) -> &mut zerg::ReactorConfig {
+fn rc(opts: &mut EngineOptions) -> &mut zerg_uring::ReactorConfig {
     &mut opts.reactor_configs[0]
 }
 
@@ -352,7 +352,7 @@ fn enobufs_keeps_connections_reactor() {
 //
 // C# swallowed send errors, so a flush to a peer that reset hung forever.
 
-type FlushReport = mpsc::Sender<(zerg::Result<()>, Duration)>;
+type FlushReport = mpsc::Sender<(zerg_uring::Result<()>, Duration)>;
 
 /// Reads the request, waits until the test reset the client, then writes 8 MiB and flushes.
 async fn flush_after_reset(mut conn: Connection, reset_done: Arc<AtomicBool>, report: FlushReport) {
@@ -465,7 +465,7 @@ fn flush_to_reset_peer_fails_fast_reactor() {
 /// connection is closed for reading too.
 async fn flush_stalled(
     mut conn: Connection,
-    report: mpsc::Sender<(zerg::Result<()>, Duration, Option<CloseReason>)>,
+    report: mpsc::Sender<(zerg_uring::Result<()>, Duration, Option<CloseReason>)>,
 ) {
     if read_at_least(&mut conn, 1).await.is_none() {
         return;

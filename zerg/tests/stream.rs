@@ -21,7 +21,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{Framed, LinesCodec};
 use util::{Mode, TestServer, options, pattern, roundtrip};
-use zerg::{Connection, ConnectionStream, EngineOptions};
+use zerg_uring::{Connection, ConnectionStream, EngineOptions};
 
 fn each_mode(test: impl Fn(Mode, bool)) {
     for mode in [Mode::Runtime, Mode::Reactor] {

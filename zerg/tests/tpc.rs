@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use util::{Mode, TestServer, echo, options, pattern, roundtrip};
-use zerg::{AcceptMode, CloseReason, Connection, Engine};
+use zerg_uring::{AcceptMode, CloseReason, Connection, Engine};
 
 fn client(addr: std::net::SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();

@@ -6,7 +6,7 @@
 //! `zerg-bench zerg --port P --workload http|echo [--buf-size N]
 //!                  [--mode reactor|runtime] [--accept dedicated|per-reactor] [--incremental]`
 
-use zerg::{AcceptMode, Connection, Engine, EngineOptions, ReactorConfig};
+use zerg_uring::{AcceptMode, Connection, Engine, EngineOptions, ReactorConfig};
 
 use crate::args::Args;
 use crate::proto::{self, ServerOpts, Workload};

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use zerg::{AcceptMode, Connection, Engine, EngineOptions, ReactorConfig};
+use zerg_uring::{AcceptMode, Connection, Engine, EngineOptions, ReactorConfig};
 
 /// The fixed response of the HTTP examples.
 pub const RESPONSE: &[u8] =
@@ -177,7 +177,7 @@ where
     }
 }
 
-fn start(engine: zerg::Result<Engine>, args: &Args) -> Engine {
+fn start(engine: zerg_uring::Result<Engine>, args: &Args) -> Engine {
     match engine {
         Ok(e) => {
             println!(

@@ -50,10 +50,10 @@ use crate::error::CloseReason;
 /// or reads is found as one, and an incomplete one waits for its end without spinning.
 ///
 /// ```no_run
-/// use zerg::{ConnectionReader, Engine, EngineOptions};
+/// use zerg_uring::{ConnectionReader, Engine, EngineOptions};
 ///
 /// #[tokio::main]
-/// async fn main() -> zerg::Result<()> {
+/// async fn main() -> zerg_uring::Result<()> {
 ///     let engine = Engine::listen(EngineOptions::with_port(7000))?;
 ///     while let Some(conn) = engine.accept().await {
 ///         tokio::spawn(async move {
@@ -76,7 +76,7 @@ use crate::error::CloseReason;
 ///                 result.connection().flush().await?;
 ///                 reader.advance_to(consumed, examined);
 ///             }
-///             Ok::<(), zerg::Error>(())
+///             Ok::<(), zerg_uring::Error>(())
 ///         });
 ///     }
 ///     engine.join()

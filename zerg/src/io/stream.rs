@@ -42,14 +42,14 @@ use crate::conn::{Connection, FlushState, ShutdownState};
 /// use hyper::body::Bytes;
 /// use hyper::{Request, Response};
 /// use hyper_util::rt::TokioIo;
-/// use zerg::{ConnectionStream, Engine, EngineOptions};
+/// use zerg_uring::{ConnectionStream, Engine, EngineOptions};
 ///
 /// async fn hello(_: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
 ///     Ok(Response::new(Full::new(Bytes::from_static(b"Hello, World!"))))
 /// }
 ///
 /// #[tokio::main]
-/// async fn main() -> zerg::Result<()> {
+/// async fn main() -> zerg_uring::Result<()> {
 ///     let engine = Engine::listen(EngineOptions::with_port(8080))?;
 ///     while let Some(conn) = engine.accept().await {
 ///         let io = TokioIo::new(ConnectionStream::new(conn));
@@ -67,10 +67,10 @@ use crate::conn::{Connection, FlushState, ShutdownState};
 /// Or by hand, with tokio's extension traits:
 ///
 /// ```no_run
-/// # async fn handle(conn: zerg::Connection) -> std::io::Result<()> {
+/// # async fn handle(conn: zerg_uring::Connection) -> std::io::Result<()> {
 /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
 ///
-/// let mut stream = zerg::ConnectionStream::new(conn);
+/// let mut stream = zerg_uring::ConnectionStream::new(conn);
 /// let mut buf = [0u8; 4096];
 /// loop {
 ///     let n = stream.read(&mut buf).await?;

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zerg::{Connection, Engine, EngineOptions, ReactorConfig};
+use zerg_uring::{Connection, Engine, EngineOptions, ReactorConfig};
 
 /// Where handlers run in a test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +50,11 @@ impl TestServer {
     }
 
     /// Like [`start`](Self::start), returning the engine's start-up error instead of panicking.
-    pub fn try_start<H, F>(mode: Mode, opts: EngineOptions, handler: H) -> zerg::Result<TestServer>
+    pub fn try_start<H, F>(
+        mode: Mode,
+        opts: EngineOptions,
+        handler: H,
+    ) -> zerg_uring::Result<TestServer>
     where
         H: Fn(Connection) -> F + Send + Sync + Clone + 'static,
         F: Future<Output = ()> + Send + 'static,
@@ -105,7 +109,7 @@ impl TestServer {
         &self,
         timeout: Duration,
         what: &str,
-        pred: impl Fn(&zerg::EngineStats) -> bool,
+        pred: impl Fn(&zerg_uring::EngineStats) -> bool,
     ) {
         let deadline = Instant::now() + timeout;
         loop {
@@ -143,7 +147,7 @@ impl TestServer {
 
     /// Joins the engine after the test stopped or shut it down itself (the handler runtime
     /// keeps running meanwhile).
-    pub fn join(&mut self) -> zerg::Result<()> {
+    pub fn join(&mut self) -> zerg_uring::Result<()> {
         wait_unique(self.engine.take().expect("engine not joined yet")).join()
     }
 }

@@ -4,35 +4,18 @@
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use io_uring::cqueue;
 
 use crate::config::AcceptorConfig;
-use crate::engine::EngineShared;
 use crate::error::{Error, Result};
-use crate::reactor::ReactorShared;
-use crate::reactor::ops::Ring;
-use crate::reactor::token::{ConnectionId, Kind, Token};
-use crate::stats::{AcceptorStats, AcceptorStatsCell};
+use crate::lifecycle::{AcceptorShared, Lifecycle};
+use crate::ring::Ring;
+use crate::ring::token::{ConnectionId, Kind, Token};
+use crate::runtime::ReactorShared;
+use crate::stats::AcceptorStats;
 use crate::sys::{self, EventFd};
-
-/// The part of the acceptor other threads see.
-#[derive(Debug)]
-pub(crate) struct AcceptorShared {
-    wake: EventFd,
-    stop: AtomicBool,
-    pub(crate) stats: AcceptorStatsCell,
-}
-
-impl AcceptorShared {
-    pub(crate) fn request_stop(&self) {
-        if !self.stop.swap(true, Ordering::AcqRel) {
-            self.wake.write();
-        }
-    }
-}
 
 struct Target {
     shared: Arc<ReactorShared>,
@@ -43,7 +26,7 @@ struct Target {
 
 struct Acceptor {
     shared: Arc<AcceptorShared>,
-    engine: Arc<EngineShared>,
+    engine: Arc<Lifecycle>,
     ring: Ring,
     listener: RawFd,
     targets: Vec<Target>,
@@ -60,7 +43,7 @@ pub(crate) fn spawn(
     config: AcceptorConfig,
     listener: RawFd,
     reactors: Vec<Arc<ReactorShared>>,
-    engine: Arc<EngineShared>,
+    engine: Arc<Lifecycle>,
 ) -> Result<(Arc<AcceptorShared>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Arc<AcceptorShared>>>(1);
     let thread = std::thread::Builder::new()
@@ -107,7 +90,7 @@ impl Acceptor {
         config: &AcceptorConfig,
         listener: RawFd,
         reactors: Vec<Arc<ReactorShared>>,
-        engine: Arc<EngineShared>,
+        engine: Arc<Lifecycle>,
     ) -> Result<Self> {
         if let Some(cpu) = config.cpu {
             sys::pin_current_thread(cpu)
@@ -132,11 +115,7 @@ impl Acceptor {
         }
         let wake = EventFd::new().map_err(|e| Error::io("eventfd for the acceptor", e))?;
         let mut a = Self {
-            shared: Arc::new(AcceptorShared {
-                wake,
-                stop: AtomicBool::new(false),
-                stats: AcceptorStatsCell::default(),
-            }),
+            shared: Arc::new(AcceptorShared::new(wake)),
             engine,
             ring,
             listener,
@@ -157,7 +136,7 @@ impl Acceptor {
     }
 
     fn arm_wake(&mut self) -> Result<()> {
-        let fd = self.shared.wake.raw();
+        let fd = self.shared.wake_fd();
         self.ring
             .read_wake(fd, Token::engine(Kind::Wake))
             .map_err(push_error)?;
@@ -181,7 +160,7 @@ impl Acceptor {
             for cqe in cqes.drain(..) {
                 self.dispatch(cqe.user_data(), cqe.result(), cqe.flags())?;
             }
-            if self.shared.stop.load(Ordering::Acquire) && !self.stopping {
+            if self.shared.stop_requested() && !self.stopping {
                 self.stopping = true;
                 self.ring
                     .cancel_any(Token::engine(Kind::AcceptCancel))
@@ -214,7 +193,7 @@ impl Acceptor {
                     self.accept_armed = false;
                 }
                 // Stopping: the listener was shut down, which ends the accept with an error.
-                let stopping = self.stopping || self.shared.stop.load(Ordering::Acquire);
+                let stopping = self.stopping || self.shared.stop_requested();
                 if res >= 0 {
                     self.hand_off(res)?;
                 } else if res != -libc::ECANCELED && !stopping {

@@ -3,81 +3,20 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use socket2::Socket;
 
-use crate::acceptor::{self, AcceptorShared};
+use crate::acceptor;
 use crate::config::{AcceptMode, EngineOptions};
 use crate::conn::Connection;
 use crate::error::{Error, Result};
-use crate::reactor::{self, Mode, ReactorInit, ReactorShared};
+use crate::lifecycle::Lifecycle;
+use crate::reactor::{self, Mode, ReactorInit};
 use crate::stats::EngineStats;
 use crate::sys;
-
-/// Engine-wide state shared by its threads.
-pub(crate) struct EngineShared {
-    failure: Mutex<Option<Error>>,
-    stopping: AtomicBool,
-    acceptor_done: AtomicBool,
-    reactors: OnceLock<Vec<Arc<ReactorShared>>>,
-    acceptor: OnceLock<Arc<AcceptorShared>>,
-    accept_rx: async_channel::Receiver<Connection>,
-}
-
-impl EngineShared {
-    /// Records the first failure and stops the engine.
-    pub(crate) fn fail(&self, err: Error) {
-        {
-            let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-            if f.is_none() {
-                *f = Some(err);
-            }
-        }
-        self.stop(Duration::ZERO);
-    }
-
-    pub(crate) fn stop(&self, grace: Duration) {
-        self.stopping.store(true, Ordering::Release);
-        if let Some(a) = self.acceptor.get() {
-            a.request_stop();
-        } else {
-            self.acceptor_done.store(true, Ordering::Release);
-        }
-        if let Some(rs) = self.reactors.get() {
-            for r in rs {
-                r.request_stop(grace);
-            }
-        }
-        // `accept` returns `None` from now on; connections not yet accepted are closed.
-        self.accept_rx.close();
-        while let Ok(conn) = self.accept_rx.try_recv() {
-            drop(conn);
-        }
-    }
-
-    /// The acceptor will not hand over any more connections.
-    pub(crate) fn acceptor_done(&self) {
-        self.acceptor_done.store(true, Ordering::Release);
-        if let Some(rs) = self.reactors.get() {
-            for r in rs {
-                r.wake();
-            }
-        }
-    }
-
-    /// The engine is stopping (or failed): accept errors are expected, not worth a retry.
-    pub(crate) fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn is_acceptor_done(&self) -> bool {
-        self.acceptor_done.load(Ordering::Acquire)
-    }
-}
 
 /// A running zerg server: one acceptor thread (or per-reactor accept) and N reactor threads.
 ///
@@ -88,7 +27,8 @@ impl EngineShared {
 ///
 /// Engines share nothing: several can run in one process.
 pub struct Engine {
-    shared: Arc<EngineShared>,
+    shared: Arc<Lifecycle>,
+    accept_rx: async_channel::Receiver<Connection>,
     local_addr: SocketAddr,
     reactor_count: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -149,7 +89,7 @@ impl Engine {
         let (_tx, rx) = async_channel::bounded(1);
         let spawn = move |conn: Connection| {
             let reactor = conn.shared.reactor.clone();
-            reactor::local::spawn(&reactor, handler(conn));
+            crate::runtime::local::spawn(&reactor, handler(conn));
         };
         Self::start(options, Mode::Serve(Arc::new(spawn)), rx)
     }
@@ -192,16 +132,18 @@ impl Engine {
             _ => bound,
         };
 
-        let shared = Arc::new(EngineShared {
-            failure: Mutex::new(None),
-            stopping: AtomicBool::new(false),
-            acceptor_done: AtomicBool::new(per_reactor),
-            reactors: OnceLock::new(),
-            acceptor: OnceLock::new(),
-            accept_rx: rx,
+        // On stop, `accept` returns `None` from then on and connections not yet accepted close.
+        let queue = rx.clone();
+        let on_stop = Box::new(move || {
+            queue.close();
+            while let Ok(conn) = queue.try_recv() {
+                drop(conn);
+            }
         });
+        let shared = Arc::new(Lifecycle::new(per_reactor, on_stop));
         let mut engine = Engine {
             shared: shared.clone(),
+            accept_rx: rx,
             local_addr,
             reactor_count: options.reactor_count,
             threads: Mutex::new(Vec::new()),
@@ -228,7 +170,7 @@ impl Engine {
                         .push(thread);
                 }
                 Err(e) => {
-                    let _ = shared.reactors.set(reactors);
+                    shared.set_reactors(reactors);
                     shared.stop(Duration::ZERO);
                     engine.join_threads();
                     return Err(e);
@@ -236,7 +178,7 @@ impl Engine {
             }
         }
         drop(mode);
-        let _ = shared.reactors.set(reactors.clone());
+        shared.set_reactors(reactors.clone());
 
         if !per_reactor {
             match acceptor::spawn(
@@ -246,7 +188,7 @@ impl Engine {
                 shared.clone(),
             ) {
                 Ok((a, thread)) => {
-                    let _ = shared.acceptor.set(a);
+                    shared.set_acceptor(a);
                     engine
                         .threads
                         .get_mut()
@@ -262,7 +204,7 @@ impl Engine {
         }
         engine.listeners = listeners;
         // A thread that failed during start-up asked to stop before everyone was registered.
-        if shared.stopping.load(Ordering::Acquire) {
+        if shared.is_stopping() {
             shared.stop(Duration::ZERO);
         }
         tracing::info!(addr = %local_addr, reactors = options.reactor_count, mode = ?options.accept_mode, "zerg engine listening");
@@ -282,12 +224,12 @@ impl Engine {
     /// Waits for the next connection, from any reactor (the seed's `AcceptAsync`). Works from any
     /// async runtime. Returns `None` once the engine stopped (or in [`serve`](Self::serve) mode).
     pub async fn accept(&self) -> Option<Connection> {
-        self.shared.accept_rx.recv().await.ok()
+        self.accept_rx.recv().await.ok()
     }
 
     /// Whether the engine still runs (not stopped, no thread failed).
     pub fn is_running(&self) -> bool {
-        !self.shared.stopping.load(Ordering::Acquire)
+        !self.shared.is_stopping()
     }
 
     /// Stops now: no more accepts, every connection closes (reads see
@@ -326,13 +268,7 @@ impl Engine {
     /// The failure that stopped the engine, if a thread failed.
     pub fn join(self) -> Result<()> {
         self.join_threads();
-        let failure = self
-            .shared
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        match failure {
+        match self.shared.take_failure() {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -353,14 +289,13 @@ impl Engine {
         EngineStats {
             reactors: self
                 .shared
-                .reactors
-                .get()
-                .map(|rs| rs.iter().map(|r| r.stats.load()).collect())
-                .unwrap_or_default(),
+                .reactors()
+                .iter()
+                .map(|r| r.stats.load())
+                .collect(),
             acceptor: self
                 .shared
-                .acceptor
-                .get()
+                .acceptor()
                 .map(|a| a.stats.load())
                 .unwrap_or_default(),
         }

@@ -76,7 +76,10 @@ mod conn;
 mod engine;
 mod error;
 mod io;
+mod lifecycle;
 mod reactor;
+mod ring;
+mod runtime;
 mod stats;
 mod sys;
 
@@ -90,7 +93,7 @@ pub use error::{CloseReason, ConfigError, Error, Result};
 #[cfg(any(feature = "tokio", feature = "futures-io"))]
 pub use io::ConnectionStream;
 pub use io::{ConnectionReader, ReaderRead, ReaderResult};
-pub use reactor::token::ConnectionId;
+pub use ring::token::ConnectionId;
 pub use stats::{AcceptorStats, EngineStats, ReactorStats};
 
 /// The README's code samples, compiled as doctests.

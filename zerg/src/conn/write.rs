@@ -9,9 +9,9 @@ use std::task::{Context, Poll};
 
 use crate::error::{CloseReason, Error, Result};
 
-use super::outgoing::Outgoing;
 use super::{ConnShared, ConnState, Connection, ReadSnapshot, request};
 use crate::buf_ring::RecvItem;
+use crate::ring::outgoing::Outgoing;
 
 /// The staging buffer of a connection.
 ///

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Connection operations carry the connection's slot and generation; a completion whose
-//! generation no longer matches its slot is stale and is dropped (DESIGN §3 rule 1). Engine-level
+//! generation no longer matches its slot is stale and is dropped (docs/architecture.md, rule 1). Engine-level
 //! operations use slot and generation 0.
 
 /// Identity of a connection within its reactor: slab slot plus generation.

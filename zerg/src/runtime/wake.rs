@@ -1,4 +1,4 @@
-//! Waking a reactor from other threads without polling (DESIGN §3 rule 9).
+//! Waking a reactor from other threads without polling (docs/architecture.md, rule 9).
 //!
 //! Producers push their work onto a queue, then call [`Notifier::notify`]. The eventfd is
 //! written only when the reactor sleeps (or is about to) and no write is already on its way:

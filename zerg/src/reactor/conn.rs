@@ -1,0 +1,103 @@
+//! [`Conn`]: a connection as its reactor sees it — the kernel-facing half (what is armed, what is
+//! being sent, where it is in its life). The half the handle shares is [`ConnShared`].
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use crate::conn::ConnShared;
+use crate::ring::SendBuf;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Life {
+    /// Receiving and sending.
+    Open,
+    /// Failed (reset, socket error, write timeout): no receive is armed again and the handle has
+    /// been told; the connection closes when the handle lets go.
+    Failed,
+    /// No more I/O is started. The descriptor closes once no operation is in flight and the
+    /// handle is gone (or the engine is stopping). `cancelled`: a cancellation of everything in
+    /// flight on the descriptor was submitted.
+    Closing { cancelled: bool },
+}
+
+/// The state of a connection's multishot receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RecvState {
+    /// A multishot receive is in flight; `limited`: it carries a byte limit.
+    Armed { limited: bool },
+    /// A multishot receive is in flight and a cancellation of it too (a pause, or the
+    /// connection stopped receiving).
+    Cancelling,
+    /// Not armed, to be armed by whoever set this state.
+    Idle,
+    /// Holding `max_buffers_per_connection`; re-armed when buffers come back.
+    Paused,
+    /// Ended with `-ENOBUFS`; re-armed when the ring has buffers again.
+    Starved,
+    /// End of stream, an error, or closing: never armed again.
+    Ended,
+}
+
+/// A connection as the reactor sees it.
+pub(super) struct Conn {
+    pub(super) fd: RawFd,
+    pub(super) shared: Arc<ConnShared>,
+    pub(super) life: Life,
+    pub(super) recv: RecvState,
+    /// The application still holds the `Connection`.
+    pub(super) handle_alive: bool,
+    /// Pieces delivered and not yet returned.
+    pub(super) held: u32,
+    /// Operations in flight (receive, send, linked timeout, cancellations).
+    pub(super) ops: u32,
+    /// Bytes being sent.
+    pub(super) send: SendBuf,
+    /// Flush sequence completed when `send` is fully sent.
+    pub(super) batch_seq: u64,
+    /// The linked timeout of the send in flight fired.
+    pub(super) send_timed_out: bool,
+    /// The handle asked for a shutdown of the write side, to happen once `send` is empty.
+    pub(super) shutdown_pending: bool,
+}
+
+impl Conn {
+    pub(super) fn new(fd: RawFd, shared: Arc<ConnShared>) -> Self {
+        Self {
+            fd,
+            shared,
+            life: Life::Open,
+            recv: RecvState::Idle,
+            handle_alive: true,
+            held: 0,
+            ops: 0,
+            send: SendBuf::default(),
+            batch_seq: 0,
+            send_timed_out: false,
+            shutdown_pending: false,
+        }
+    }
+
+    pub(super) fn is_open(&self) -> bool {
+        self.life == Life::Open
+    }
+
+    pub(super) fn is_closing(&self) -> bool {
+        matches!(self.life, Life::Closing { .. })
+    }
+
+    /// A send can start now: the connection is not closing and none is in flight.
+    pub(super) fn can_send(&self) -> bool {
+        !self.is_closing() && !self.send.is_inflight()
+    }
+
+    /// The multishot receive is armed and not being cancelled.
+    pub(super) fn recv_armed(&self) -> bool {
+        matches!(self.recv, RecvState::Armed { .. })
+    }
+
+    /// Ready to be freed: closing, nothing in flight, and nobody else needs the descriptor.
+    pub(super) fn can_free(&self, stopping: bool) -> bool {
+        self.is_closing() && self.ops == 0 && (!self.handle_alive || stopping)
+    }
+}

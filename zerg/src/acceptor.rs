@@ -106,7 +106,7 @@ impl Acceptor {
             sq_thread_idle: config.sq_thread_idle,
         };
         let uring = sys::ring::build(&spec, "the acceptor")?;
-        let ring = Ring::new(uring, config.accept_backoff, None, config.cq_timeout);
+        let ring = Ring::new(uring, config.accept_backoff, config.cq_timeout);
         let mut targets = Vec::with_capacity(reactors.len());
         for r in reactors {
             let ring = sys::dup(r.ring_fd)
@@ -130,7 +130,7 @@ impl Acceptor {
         a.arm_wake()?;
         a.arm_accept()?;
         a.ring
-            .submit(false)
+            .submit(false, None)
             .map_err(|e| Error::io("io_uring_enter for the acceptor", e))?;
         Ok(a)
     }
@@ -173,7 +173,7 @@ impl Acceptor {
             self.shared.stats.publish(&self.stats);
             let idle = self.ring.completion().is_empty();
             self.ring
-                .submit(idle)
+                .submit(idle, None)
                 .map_err(|e| Error::io("io_uring_enter for the acceptor", e))?;
             if idle {
                 self.stats.wakeups += 1;
@@ -287,7 +287,7 @@ impl Acceptor {
         }
         // Hand-offs already posted are in the reactors' queues; submitted MSG_RINGs completed
         // before their target could exit, since reactors wait for this flag.
-        let _ = self.ring.submit(false);
+        let _ = self.ring.submit(false, None);
         if self.inflight > 0 {
             tracing::error!(
                 inflight = self.inflight,

@@ -226,11 +226,38 @@ pub struct ReactorConfig {
     /// [`Connection::write`]: crate::Connection::write
     /// [`Connection::write_all`]: crate::Connection::write_all
     pub max_write_buffer: usize,
-    /// A send that makes no progress for this long fails the flush with
-    /// [`Error::TimedOut`](crate::Error::TimedOut) and closes the connection (a linked timeout on
-    /// each send). `None` waits for the peer forever (a reset or engine stop still ends the
-    /// flush). Default: `None`.
+    /// A send that makes no progress for this long (the peer does not read) fails the flush
+    /// with [`Error::TimedOut`](crate::Error::TimedOut) and closes the connection. `None` waits
+    /// for the peer forever (a reset or engine stop still ends the flush). Default: `None`.
+    ///
+    /// All four connection timeouts (`read_timeout`, `idle_timeout`, `request_timeout`,
+    /// `write_timeout`) share one timer entry per connection in the reactor's timer map, checked
+    /// lazily: arming them costs no syscall and no allocation per read or send. A connection
+    /// that times out ends its reads and writes with
+    /// [`CloseReason::TimedOut`](crate::CloseReason::TimedOut) and its socket is shut down at
+    /// once (the peer sees the close); the descriptor itself closes when the handle is dropped.
+    /// They are off by default because what is "too slow" depends on the protocol (a proxy or a
+    /// push stream legitimately idles for minutes); for HTTP, values like nginx's
+    /// (`client_header_timeout` 60 s, `keepalive_timeout` 75 s, `send_timeout` 60 s) are a
+    /// good start — see `docs/tuning.md`.
     pub write_timeout: Option<Duration>,
+    /// A read that waits longer than this for bytes ends with
+    /// [`CloseReason::TimedOut`](crate::CloseReason::TimedOut) and the connection closes. The
+    /// clock starts when a read (or an adapter's `poll_read`) first returns `Pending` and stops
+    /// when one returns data. Time the handler spends not reading does not count. Default:
+    /// `None`.
+    pub read_timeout: Option<Duration>,
+    /// A connection with no byte received or sent for this long closes
+    /// ([`CloseReason::TimedOut`](crate::CloseReason::TimedOut)), whatever its handler does:
+    /// the keep-alive timeout of HTTP, and the bound on idle floods. Default: `None`.
+    pub idle_timeout: Option<Duration>,
+    /// Once a byte arrives after the handler's last flush (a request starts), the handler must
+    /// flush again (respond) within this time or the connection closes
+    /// ([`CloseReason::TimedOut`](crate::CloseReason::TimedOut)). This is the header timeout of
+    /// request/response protocols: a slowloris client that trickles a request byte by byte keeps
+    /// the read and idle timeouts happy but not this one. Do not use it where a request body can
+    /// legitimately take longer to arrive than this (uploads). Default: `None`.
+    pub request_timeout: Option<Duration>,
     /// Pin the reactor thread to this CPU. `None` leaves placement to the scheduler.
     /// Default: `None`.
     pub cpu: Option<usize>,
@@ -254,6 +281,9 @@ impl ReactorConfig {
         max_buffers_per_connection: 0,
         max_write_buffer: 64 * 1024 * 1024,
         write_timeout: None,
+        read_timeout: None,
+        idle_timeout: None,
+        request_timeout: None,
         cpu: None,
     };
 
@@ -336,13 +366,15 @@ impl ReactorConfig {
         if self.max_write_buffer == 0 {
             return e("max_write_buffer", "must be at least 1 byte".into());
         }
-        if let Some(d) = self.write_timeout
-            && d.is_zero()
-        {
-            return e(
-                "write_timeout",
-                "must be non-zero (use None for no limit)".into(),
-            );
+        for (field, value) in [
+            ("write_timeout", self.write_timeout),
+            ("read_timeout", self.read_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("request_timeout", self.request_timeout),
+        ] {
+            if value.is_some_and(|d| d.is_zero()) {
+                return e(field, "must be non-zero (use None for no limit)".into());
+            }
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -14,7 +15,8 @@ use crate::config::{AcceptMode, EngineOptions};
 use crate::conn::Connection;
 use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
-use crate::reactor::{self, Mode, ReactorInit};
+use crate::reactor::{self, HandlerFactory, Mode, ReactorInit};
+use crate::runtime::executor;
 use crate::stats::EngineStats;
 use crate::sys;
 
@@ -72,9 +74,10 @@ impl Engine {
     /// it returns is driven by the reactor's local executor. The future need not be `Send`.
     /// [`accept`](Self::accept) yields nothing in this mode.
     ///
-    /// A handler may await anything, including futures woken from other threads (a tokio
-    /// channel, a timer on another runtime): such a wake reaches the reactor at once through its
-    /// eventfd. A panicking handler closes its own connection and is counted in
+    /// Handlers (and tasks they spawn with [`spawn_local`](crate::spawn_local)) can use the
+    /// reactor's timers ([`crate::time`]). They may also await futures woken from other threads
+    /// (a tokio channel, a timer on another runtime): such a wake reaches the reactor at once
+    /// through its eventfd. A panicking handler closes its own connection and is counted in
     /// [`ReactorStats::handler_panics`](crate::ReactorStats::handler_panics).
     ///
     /// # Errors
@@ -85,13 +88,76 @@ impl Engine {
         H: Fn(Connection) -> F + Send + Sync + 'static,
         F: Future<Output = ()> + 'static,
     {
+        let handler = Arc::new(handler);
+        Self::serve_factory(options, move |_| {
+            let handler = handler.clone();
+            move |conn| handler(conn)
+        })
+    }
+
+    /// Like [`serve`](Self::serve), with per-reactor state: `init(reactor_index)` runs once on
+    /// each reactor thread, before it takes connections, and every handler on that reactor gets
+    /// the result (a per-core cache, a connection pool to an upstream, counters — no locks
+    /// needed: the state never leaves its thread, so it need not be `Send`).
+    ///
+    /// ```no_run
+    /// use std::cell::Cell;
+    /// use zerg_uring::{Engine, EngineOptions};
+    ///
+    /// // Counts the requests each reactor served, without atomics.
+    /// let engine = Engine::serve_with_state(
+    ///     EngineOptions::with_port(8080),
+    ///     |_reactor| Cell::new(0u64),
+    ///     |mut conn, served| async move {
+    ///         while !conn.read().await.is_closed() {
+    ///             served.set(served.get() + 1);
+    ///         }
+    ///     },
+    /// )?;
+    /// # engine.stop();
+    /// # Ok::<(), zerg_uring::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`listen`](Self::listen); a panic in `init` fails the start with
+    /// [`Error::ReactorFailed`].
+    pub fn serve_with_state<S, I, H, F>(
+        options: EngineOptions,
+        init: I,
+        handler: H,
+    ) -> Result<Engine>
+    where
+        S: 'static,
+        I: Fn(usize) -> S + Send + Sync + 'static,
+        H: Fn(Connection, Rc<S>) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + 'static,
+    {
+        let handler = Arc::new(handler);
+        Self::serve_factory(options, move |index| {
+            let state = Rc::new(init(index));
+            let handler = handler.clone();
+            move |conn| handler(conn, state.clone())
+        })
+    }
+
+    /// Thread-per-core mode with a handler built on each reactor thread by `make(index)`.
+    fn serve_factory<M, H, F>(options: EngineOptions, make: M) -> Result<Engine>
+    where
+        M: Fn(usize) -> H + Send + Sync + 'static,
+        H: FnMut(Connection) -> F + 'static,
+        F: Future<Output = ()> + 'static,
+    {
         options.validate()?;
         let (_tx, rx) = async_channel::bounded(1);
-        let spawn = move |conn: Connection| {
-            let reactor = conn.shared.reactor.clone();
-            crate::runtime::local::spawn(&reactor, handler(conn));
-        };
-        Self::start(options, Mode::Serve(Arc::new(spawn)), rx)
+        let factory: HandlerFactory = Arc::new(move |index| {
+            let mut handler = make(index);
+            Box::new(move |conn: Connection| {
+                let reactor = conn.shared.reactor.clone();
+                executor::spawn_detached(&reactor, handler(conn));
+            })
+        });
+        Self::start(options, Mode::Serve(factory), rx)
     }
 
     fn start(

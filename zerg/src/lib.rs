@@ -82,6 +82,8 @@ mod ring;
 mod runtime;
 mod stats;
 mod sys;
+pub mod task;
+pub mod time;
 
 pub use config::{AcceptMode, AcceptorConfig, EngineOptions, IpVersion, ReactorConfig};
 pub use conn::{
@@ -95,6 +97,7 @@ pub use io::ConnectionStream;
 pub use io::{ConnectionReader, ReaderRead, ReaderResult};
 pub use ring::token::ConnectionId;
 pub use stats::{AcceptorStats, EngineStats, ReactorStats};
+pub use task::{JoinHandle, spawn_local};
 
 /// The README's code samples, compiled as doctests.
 #[cfg(doctest)]

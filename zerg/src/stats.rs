@@ -75,6 +75,16 @@ stats_struct! {
         wakeups,
         /// Handler panics caught (thread-per-core mode).
         handler_panics,
+        /// Connections closed because a read waited longer than `read_timeout`.
+        read_timeouts,
+        /// Connections closed because nothing moved for `idle_timeout`.
+        idle_timeouts,
+        /// Connections closed because a request was not answered within `request_timeout`.
+        request_timeouts,
+        /// Connections closed because a send made no progress for `write_timeout`.
+        write_timeouts,
+        /// Application timers ([`crate::time`]) that fired.
+        timers_fired,
     }
 }
 

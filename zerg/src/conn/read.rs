@@ -22,7 +22,10 @@ impl Connection {
     /// [`released`](ReadSnapshot::release)), so the next `read` needs no reset call; `&mut self`
     /// keeps reads one at a time.
     pub fn read(&mut self) -> Read<'_> {
-        Read { conn: self }
+        Read {
+            conn: self,
+            waiting: false,
+        }
     }
 }
 
@@ -30,6 +33,17 @@ impl Connection {
 #[must_use = "futures do nothing unless polled"]
 pub struct Read<'a> {
     conn: &'a mut Connection,
+    /// It returned `Pending`: the read timeout's clock may be running.
+    waiting: bool,
+}
+
+impl Drop for Read<'_> {
+    fn drop(&mut self) {
+        if self.waiting {
+            // Nobody waits any more: time from here on does not count against the read timeout.
+            self.conn.shared.lock().read_since = None;
+        }
+    }
 }
 
 impl fmt::Debug for Read<'_> {
@@ -42,7 +56,10 @@ impl Future for Read<'_> {
     type Output = ReadSnapshot;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ReadSnapshot> {
-        self.get_mut().conn.poll_read(cx)
+        let this = self.get_mut();
+        let res = this.conn.poll_read(cx);
+        this.waiting = res.is_pending();
+        res
     }
 }
 
@@ -50,9 +67,15 @@ impl Connection {
     /// Poll-style [`read`](Self::read), for adapters and hand-written futures: `Ready` with a
     /// snapshot of everything received (or a closed snapshot), or `Pending` after registering
     /// `cx`'s waker.
+    ///
+    /// With a [`read_timeout`](crate::ReactorConfig::read_timeout), the first `Pending` starts
+    /// the timeout's clock and the next `Ready` stops it.
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<ReadSnapshot> {
         let shared = &self.shared;
         let mut st = shared.lock();
+        if !st.recv.is_empty() || st.read_end.is_some() {
+            st.read_since = None;
+        }
         if !st.recv.is_empty() {
             let mut items = std::mem::take(&mut st.spare);
             items.extend(st.recv.drain(..));
@@ -76,6 +99,9 @@ impl Connection {
         match &mut st.read_waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             slot => *slot = Some(cx.waker().clone()),
+        }
+        if shared.reactor.stamp_reads && st.read_since.is_none() {
+            st.read_since = Some(shared.reactor.clock.now_ms());
         }
         // About to wait: hand the reactor whatever was raised lazily (returned pieces).
         st.in_cycle = false;

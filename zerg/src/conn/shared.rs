@@ -53,6 +53,9 @@ pub(crate) struct ConnState {
     /// No more bytes will arrive, for this reason; reported once `recv` is empty.
     pub(super) read_end: Option<CloseReason>,
     pub(super) read_waker: Option<Waker>,
+    /// Reactor time (ms) a read started waiting, while one waits (only stamped when a read
+    /// timeout is configured).
+    pub(super) read_since: Option<u64>,
 
     /// What the handle flushed and the reactor has not taken yet.
     pub(super) outgoing: Outgoing,
@@ -310,6 +313,11 @@ impl ConnShared {
     /// The descriptor was closed without the usual protocol (reactor exit).
     pub(crate) fn mark_fd_closed(&self) {
         self.lock().fd_closed = true;
+    }
+
+    /// Since when (reactor time, ms) a read has been waiting for bytes, if one is.
+    pub(crate) fn read_waiting_since(&self) -> Option<u64> {
+        self.lock().read_since
     }
 
     /// For a freed connection: takes the pieces handed back since, and clears its requests.

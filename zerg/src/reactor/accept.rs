@@ -7,7 +7,7 @@ use std::sync::Arc;
 use io_uring::cqueue;
 
 use super::conn::Conn;
-use super::{Mode, Phase, Reactor, fatal};
+use super::{Phase, Reactor, Sink, fatal};
 use crate::conn::{ConnShared, Connection};
 use crate::error::Result;
 use crate::ring::token::{Kind, Token};
@@ -80,9 +80,10 @@ impl Reactor {
         debug_assert_eq!(inserted, id);
         self.stats.connections_total += 1;
         self.arm_recv(id)?;
+        self.arm_conn_timer(id);
         let conn = Connection::new(shared, self.shared.max_write_buffer);
-        match &self.mode {
-            Mode::Runtime(tx) => {
+        match &mut self.sink {
+            Sink::Runtime(tx) => {
                 if let Err(e) = tx.try_send(conn) {
                     // Nobody accepts (engine stopping) or the backlog of unaccepted connections
                     // is full: shed it. Dropping the handle queues its close.
@@ -92,7 +93,7 @@ impl Reactor {
                     drop(e.into_inner());
                 }
             }
-            Mode::Serve(handler) => handler(conn),
+            Sink::Serve(handler) => handler(conn),
         }
         Ok(())
     }

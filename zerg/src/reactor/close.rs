@@ -8,7 +8,7 @@ use super::conn::Life;
 use super::{BGID, Phase, Reactor, fatal};
 use crate::error::{CloseReason, Result};
 use crate::ring::token::{ConnectionId, Kind, Token};
-use crate::runtime::local;
+use crate::runtime::executor;
 use crate::sys;
 
 impl Reactor {
@@ -24,6 +24,8 @@ impl Reactor {
         };
         let cancelled = matches!(conn.life, Life::Closing { cancelled: true });
         conn.life = Life::Closing { cancelled };
+        self.disarm_conn_timer(id);
+        let conn = self.conns.get_mut(id).expect("looked up above");
         conn.send.discard();
         if let Some(r) = reason {
             conn.shared.end_read(r);
@@ -41,6 +43,25 @@ impl Reactor {
         self.release_sent(id)?;
         self.maybe_finish_close(id);
         Ok(())
+    }
+
+    /// Fails a live connection (a timeout): its reads and writes end with `reason` and its socket
+    /// is shut down both ways, which ends the receive and any send in flight at once and tells
+    /// the peer. The descriptor closes when the handle lets go.
+    pub(super) fn fail_conn(&mut self, id: ConnectionId, reason: CloseReason) {
+        self.disarm_conn_timer(id);
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if !conn.is_open() {
+            return;
+        }
+        conn.life = Life::Failed;
+        conn.shared.end_read(reason);
+        conn.shared.end_write(reason);
+        if let Err(e) = sys::shutdown_both(conn.fd) {
+            tracing::debug!(reactor = self.index, slot = id.slot, error = %e, "shutdown of a failed connection");
+        }
     }
 
     /// Frees a closing connection once nothing is in flight and nobody needs its descriptor.
@@ -140,7 +161,7 @@ impl Reactor {
             }
         }
         self.shared.mark_exited();
-        local::cancel_all(&self.shared);
+        executor::cancel_all(&self.shared);
         if let Err(e) = self.ring.uring().submitter().unregister_buf_ring(BGID) {
             tracing::debug!(reactor = self.index, error = %e, "unregister buffer ring");
         }

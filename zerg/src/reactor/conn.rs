@@ -49,16 +49,23 @@ pub(super) struct Conn {
     pub(super) handle_alive: bool,
     /// Pieces delivered and not yet returned.
     pub(super) held: u32,
-    /// Operations in flight (receive, send, linked timeout, cancellations).
+    /// Operations in flight (receive, send, cancellations).
     pub(super) ops: u32,
     /// Bytes being sent.
     pub(super) send: SendBuf,
     /// Flush sequence completed when `send` is fully sent.
     pub(super) batch_seq: u64,
-    /// The linked timeout of the send in flight fired.
-    pub(super) send_timed_out: bool,
     /// The handle asked for a shutdown of the write side, to happen once `send` is empty.
     pub(super) shutdown_pending: bool,
+    /// Deadline of this connection's entry in the reactor's timer map, if it has one.
+    pub(super) timer_at: Option<u64>,
+    /// Reactor time (ms) of the last byte received or sent: the idle timeout.
+    pub(super) last_active: u64,
+    /// Reactor time (ms) of the first byte received since the handler's last flush: the
+    /// request timeout.
+    pub(super) request_since: Option<u64>,
+    /// Reactor time (ms) the send in flight started or last made progress: the write timeout.
+    pub(super) send_since: u64,
 }
 
 impl Conn {
@@ -73,8 +80,11 @@ impl Conn {
             ops: 0,
             send: SendBuf::default(),
             batch_seq: 0,
-            send_timed_out: false,
             shutdown_pending: false,
+            timer_at: None,
+            last_active: 0,
+            request_since: None,
+            send_since: 0,
         }
     }
 

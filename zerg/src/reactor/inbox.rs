@@ -45,6 +45,10 @@ impl Reactor {
         if let Some(seq) = req.send {
             conn.batch_seq = seq;
         }
+        if req.has(request::FLUSH) {
+            // The handler answered: the request timeout starts again with the next byte.
+            conn.request_since = None;
+        }
         let released = items.len() as u32;
         for item in items.drain(..) {
             self.bufs.release(&item);

@@ -29,6 +29,7 @@ mod conn;
 mod inbox;
 mod recv;
 mod send;
+mod timers;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -45,11 +46,12 @@ use crate::lifecycle::Lifecycle;
 use crate::ring::Ring;
 use crate::ring::slots::Slots;
 use crate::ring::token::{ConnectionId, Kind, Token};
-use crate::runtime::{ReactorShared, local};
+use crate::runtime::{ReactorShared, executor, local};
 use crate::stats::ReactorStats;
 use crate::sys::{self, EventFd};
 
 use conn::Conn;
+use timers::{ConnTimers, Timeouts};
 
 /// Buffer-group id of every reactor's ring (each reactor has its own io_uring).
 const BGID: u16 = 0;
@@ -59,13 +61,24 @@ const RETAIN_SEND_CAPACITY: usize = 256 * 1024;
 /// Local tasks run per loop iteration before completions are looked at again.
 const TASK_BUDGET: usize = 1024;
 
+/// Builds, on each reactor thread (argument: the reactor's index), what it does with a new
+/// connection in thread-per-core mode: typically spawn a handler on the local executor, with
+/// whatever per-reactor state the closure captured.
+pub(crate) type HandlerFactory = Arc<dyn Fn(usize) -> Box<dyn FnMut(Connection)> + Send + Sync>;
+
 /// Where accepted connections go.
 #[derive(Clone)]
 pub(crate) enum Mode {
     /// To [`Engine::accept`](crate::Engine::accept), for handlers on any runtime.
     Runtime(async_channel::Sender<Connection>),
-    /// To a handler spawned on the reactor thread.
-    Serve(Arc<dyn Fn(Connection) + Send + Sync>),
+    /// To a handler on the reactor thread, built there by the factory.
+    Serve(HandlerFactory),
+}
+
+/// A reactor's destination for new connections, once built on its thread.
+enum Sink {
+    Runtime(async_channel::Sender<Connection>),
+    Serve(Box<dyn FnMut(Connection)>),
 }
 
 /// Everything a reactor thread needs to start.
@@ -115,6 +128,11 @@ fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Result<Arc<
         }
     };
     let _guard = local::enter(&reactor.shared);
+    if let Err(e) = reactor.build_sink() {
+        reactor.teardown(true);
+        let _ = ready.send(Err(e));
+        return;
+    }
     let _ = ready.send(Ok(reactor.shared.clone()));
     drop(ready);
     tracing::debug!(reactor = index, "reactor started");
@@ -123,13 +141,7 @@ fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Result<Arc<
     let failure = match outcome {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e.to_string()),
-        Err(payload) => Some(
-            payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into()),
-        ),
+        Err(payload) => Some(panic_message(payload.as_ref())),
     };
     if let Some(reason) = &failure {
         tracing::error!(reactor = index, %reason, "reactor failed; stopping the engine");
@@ -158,7 +170,9 @@ struct Reactor {
     ring: Ring,
     bufs: BufRing,
     conns: Slots<Conn>,
-    mode: Mode,
+    /// Until [`build_sink`](Self::build_sink) runs on the reactor thread: how to build `sink`.
+    mode: Option<Mode>,
+    sink: Sink,
     incremental: bool,
     max_conns: usize,
     max_held: u32,
@@ -191,6 +205,11 @@ struct Reactor {
     stats: ReactorStats,
     phase: Phase,
     cancel_all_sent: bool,
+    /// Reactor time in milliseconds, read once per loop iteration.
+    now: u64,
+    timeouts: Timeouts,
+    conn_timers: ConnTimers,
+    wakers: Vec<std::task::Waker>,
 }
 
 /// The error for a failed buffer-ring registration: kernels before 6.12 reject the
@@ -205,6 +224,14 @@ fn register_error(e: std::io::Error, incremental: bool, who: &str) -> Error {
     } else {
         Error::io(format!("IORING_REGISTER_PBUF_RING for {who}"), e)
     }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 fn fatal(e: std::io::Error, what: &str) -> Error {
@@ -257,12 +284,7 @@ impl Reactor {
                 &who,
             ));
         }
-        let ring = Ring::new(
-            uring,
-            Duration::from_millis(100),
-            config.write_timeout,
-            config.cq_timeout,
-        );
+        let ring = Ring::new(uring, Duration::from_millis(100), config.cq_timeout);
         let eventfd = EventFd::new().map_err(|e| Error::io(format!("eventfd for {who}"), e))?;
         let wake_fd = eventfd.raw();
         let max_conns = config.max_connections_per_reactor as usize;
@@ -273,6 +295,7 @@ impl Reactor {
             config.max_write_buffer,
             eventfd,
             max_conns,
+            config.read_timeout.is_some(),
         ));
         let stats = ReactorStats {
             buffers_total: u64::from(bufs.total()),
@@ -288,7 +311,8 @@ impl Reactor {
             ring,
             bufs,
             conns: Slots::with_capacity(max_conns.min(1024)),
-            mode,
+            mode: Some(mode),
+            sink: Sink::Serve(Box::new(drop)),
             incremental: config.incremental_buffer_consumption,
             max_conns,
             max_held: config.effective_max_buffers_per_connection(),
@@ -309,18 +333,43 @@ impl Reactor {
             stats,
             phase: Phase::Running,
             cancel_all_sent: false,
+            now: 0,
+            timeouts: Timeouts::new(&config),
+            conn_timers: ConnTimers::default(),
+            wakers: Vec::new(),
         };
         reactor.arm_wake()?;
         if reactor.listener.is_some() {
             reactor.arm_accept()?;
         }
-        reactor.submit(false)?;
+        reactor.submit(false, None)?;
         Ok(reactor)
     }
 
-    fn submit(&mut self, wait: bool) -> Result<()> {
+    /// Builds where new connections go, on the reactor thread (thread-per-core handlers may
+    /// build per-reactor state here). A panic there fails the start.
+    fn build_sink(&mut self) -> Result<()> {
+        self.sink = match self.mode.take().expect("built once") {
+            Mode::Runtime(tx) => Sink::Runtime(tx),
+            Mode::Serve(factory) => {
+                let index = self.index;
+                let built =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory(index)));
+                Sink::Serve(built.map_err(|p| Error::ReactorFailed {
+                    reactor: index,
+                    reason: format!(
+                        "the per-reactor state initialiser panicked: {}",
+                        panic_message(p.as_ref())
+                    ),
+                })?)
+            }
+        };
+        Ok(())
+    }
+
+    fn submit(&mut self, wait: bool, bound: Option<Duration>) -> Result<()> {
         self.ring
-            .submit(wait)
+            .submit(wait, bound)
             .map_err(|e| fatal(e, &format!("io_uring_enter for reactor {}", self.index)))
     }
 
@@ -335,9 +384,11 @@ impl Reactor {
 
     fn run(&mut self) -> Result<()> {
         loop {
+            self.now = self.shared.clock.now_ms();
             self.reap()?;
+            self.fire_timers()?;
             self.drain_requests()?;
-            if local::run_tasks(TASK_BUDGET) > 0 {
+            if executor::run_tasks(TASK_BUDGET) > 0 {
                 self.drain_requests()?;
             }
             self.rearm_starved()?;
@@ -363,6 +414,12 @@ impl Reactor {
             self.bufs.publish();
             self.publish_stats();
             let mut idle = !local::has_local_work() && self.ring.completion().is_empty();
+            let mut bound = None;
+            if idle {
+                // The earliest timer bounds the wait; one that is due already means no wait.
+                bound = self.wait_bound();
+                idle = bound != Some(Duration::ZERO);
+            }
             if idle {
                 // From here on other threads signal the eventfd; a last look catches what they
                 // queued before they could see that.
@@ -372,7 +429,7 @@ impl Reactor {
                     idle = false;
                 }
             }
-            self.submit(idle)?;
+            self.submit(idle, bound)?;
             if idle {
                 self.shared.woke();
                 self.stats.wakeups += 1;
@@ -384,7 +441,7 @@ impl Reactor {
         self.stats.connections = self.conns.len() as u64;
         self.stats.buffers_free = u64::from(self.bufs.free());
         self.stats.buffers_held = u64::from(self.bufs.total() - self.bufs.free());
-        self.stats.handler_panics = local::panics();
+        self.stats.handler_panics = executor::panics();
         self.shared.stats.publish(&self.stats);
     }
 
@@ -415,18 +472,6 @@ impl Reactor {
         match token.kind {
             Kind::Recv => self.on_recv(token.id, res, flags),
             Kind::Send => self.on_send(token.id, res),
-            Kind::SendTimeout => {
-                if let Some(conn) = self.conns.get_mut(token.id) {
-                    conn.ops -= 1;
-                    if res == -libc::ETIME {
-                        conn.send_timed_out = true;
-                    }
-                    self.maybe_finish_close(token.id);
-                } else {
-                    self.stats.stale_completions += 1;
-                }
-                Ok(())
-            }
             Kind::Cancel => {
                 if let Some(conn) = self.conns.get_mut(token.id) {
                     conn.ops -= 1;

@@ -81,6 +81,8 @@ impl Reactor {
         let mut pause = false;
         if let Some(item) = item {
             self.recv_limit_works |= limited;
+            conn.last_active = self.now;
+            conn.request_since.get_or_insert(self.now);
             conn.held += 1;
             self.stats.bytes_received += u64::from(item.len);
             conn.shared.deliver(item);

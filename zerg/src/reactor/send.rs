@@ -1,7 +1,7 @@
 //! The send path: one send (or `sendmsg`) in flight per connection, partial sends resubmitted,
 //! flushes completed with their outcome, the write side shut down once everything is sent.
 
-use super::conn::{Conn, Life};
+use super::conn::Conn;
 use super::{RETAIN_SEND_CAPACITY, Reactor, fatal};
 use crate::error::{CloseReason, Result};
 use crate::ring::SendProgress;
@@ -14,15 +14,11 @@ impl Reactor {
             return Ok(());
         };
         let entry = conn.send.next_send(&self.shared.pool, conn.fd);
-        let linked = self
-            .ring
-            .send(
-                entry,
-                Token::conn(Kind::Send, id),
-                Token::conn(Kind::SendTimeout, id),
-            )
+        self.ring
+            .send(entry, Token::conn(Kind::Send, id))
             .map_err(|e| fatal(e, "submit send"))?;
-        conn.ops += if linked { 2 } else { 1 };
+        conn.ops += 1;
+        conn.send_since = self.now;
         Ok(())
     }
 
@@ -35,6 +31,7 @@ impl Reactor {
         let progress = conn.send.complete(res, RETAIN_SEND_CAPACITY);
         if res > 0 {
             self.stats.bytes_sent += res as u64;
+            conn.last_active = self.now;
         }
         // Received pieces sent in place go back to the ring (and may resume the receive).
         self.release_sent(id)?;
@@ -68,8 +65,7 @@ impl Reactor {
         Ok(())
     }
 
-    /// A send failed with `res`: the flush learns why; after a write timeout the connection is
-    /// unusable and stops receiving too.
+    /// A send failed with `res`: the flush learns why.
     fn send_failed(&mut self, id: ConnectionId, res: i32) -> Result<()> {
         let Some(conn) = self.conns.get_mut(id) else {
             return Ok(());
@@ -77,22 +73,14 @@ impl Reactor {
         if conn.is_closing() {
             return Ok(());
         }
-        let reason = if conn.send_timed_out || res == -libc::ECANCELED {
-            CloseReason::TimedOut
-        } else if res == 0 {
+        let reason = if res == 0 {
             CloseReason::Error(libc::EPIPE)
         } else {
             CloseReason::from_errno(-res)
         };
         self.stats.flush_errors += 1;
+        // A connection that failed already (a timeout) keeps the reason it was given.
         conn.shared.end_write(reason);
-        if reason == CloseReason::TimedOut {
-            conn.shared.end_read(reason);
-            conn.life = Life::Failed;
-            if conn.recv_armed() {
-                self.cancel_recv(id)?;
-            }
-        }
         Ok(())
     }
 

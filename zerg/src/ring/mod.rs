@@ -29,24 +29,18 @@ pub(crate) struct Ring {
     wake_buf: Box<u64>,
     backoff: Box<Timespec>,
     grace: Box<Timespec>,
-    write_timeout: Option<Box<Timespec>>,
-    wait_timeout: Option<Timespec>,
+    /// Upper bound on every wait (`cq_timeout`), if configured.
+    wait_timeout: Option<Duration>,
 }
 
 impl Ring {
-    pub(crate) fn new(
-        uring: IoUring,
-        backoff: Duration,
-        write_timeout: Option<Duration>,
-        wait_timeout: Option<Duration>,
-    ) -> Self {
+    pub(crate) fn new(uring: IoUring, backoff: Duration, wait_timeout: Option<Duration>) -> Self {
         Self {
             uring,
             wake_buf: Box::new(0),
             backoff: Box::new(sys::ring::timespec(backoff)),
             grace: Box::new(Timespec::new()),
-            write_timeout: write_timeout.map(|d| Box::new(sys::ring::timespec(d))),
-            wait_timeout: wait_timeout.map(sys::ring::timespec),
+            wait_timeout,
         }
     }
 
@@ -60,9 +54,10 @@ impl Ring {
 
     fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
         for _ in 0..64 {
-            // SAFETY: entries are built only by this type's methods and point to memory owned by
-            // `self` (boxed, stable, alive until the ring is dropped or leaked) or by a `SendBuf`
-            // that keeps its bytes until the send's completion is handed to `SendBuf::complete`.
+            // SAFETY: entries are built only by this type's methods and `SendBuf::next_send`, and
+            // point to memory owned by `self` (boxed, stable, alive until the ring is dropped or
+            // leaked) or by a `SendBuf`, which keeps its bytes until the send's completion is
+            // handed to `SendBuf::complete`.
             if unsafe { self.uring.submission().push(entry) }.is_ok() {
                 return Ok(());
             }
@@ -82,9 +77,15 @@ impl Ring {
         ))
     }
 
-    /// Submits and, with `wait`, blocks until a completion (or the configured wait timeout).
-    pub(crate) fn submit(&self, wait: bool) -> io::Result<()> {
-        sys::ring::submit(&self.uring, wait, self.wait_timeout.as_ref())
+    /// Submits and, with `wait`, blocks until a completion, or for at most `bound` (and the
+    /// configured wait timeout).
+    pub(crate) fn submit(&self, wait: bool, bound: Option<Duration>) -> io::Result<()> {
+        let bound = match (bound, self.wait_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let ts = bound.map(sys::ring::timespec);
+        sys::ring::submit(&self.uring, wait, ts.as_ref())
     }
 
     /// Submits and waits at most `timeout` (teardown).
@@ -195,29 +196,9 @@ impl Ring {
         )
     }
 
-    /// Submits `entry` (a send built by [`SendBuf::next_send`]). With a write timeout
-    /// configured, a linked timeout follows (returns `true`: two completions will come).
-    pub(crate) fn send(
-        &mut self,
-        entry: squeue::Entry,
-        user_data: u64,
-        timeout_user_data: u64,
-    ) -> io::Result<bool> {
-        let mut entry = entry.user_data(user_data);
-        let linked = self.write_timeout.is_some();
-        if linked {
-            entry = entry.flags(squeue::Flags::IO_LINK);
-        }
-        self.push(&entry)?;
-        if let Some(ts) = &self.write_timeout {
-            let ts: *const Timespec = &**ts;
-            self.push(
-                &opcode::LinkTimeout::new(ts)
-                    .build()
-                    .user_data(timeout_user_data),
-            )?;
-        }
-        Ok(linked)
+    /// Submits a send built by [`SendBuf::next_send`] (which owns the memory it points to).
+    pub(crate) fn send(&mut self, entry: squeue::Entry, user_data: u64) -> io::Result<()> {
+        self.push(&entry.user_data(user_data))
     }
 
     /// After a failure left operations in flight: keep the ring's own buffers alive forever.

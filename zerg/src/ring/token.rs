@@ -53,8 +53,6 @@ pub(crate) enum Kind {
     Recv = 16,
     /// Send of a connection.
     Send = 17,
-    /// Linked timeout on a send.
-    SendTimeout = 18,
     /// Cancellation issued for a connection (its own completion).
     Cancel = 19,
     /// Acceptor: a hand-off that failed (slot holds the fd).
@@ -72,7 +70,6 @@ impl Kind {
             6 => Kind::AcceptCancel,
             16 => Kind::Recv,
             17 => Kind::Send,
-            18 => Kind::SendTimeout,
             19 => Kind::Cancel,
             32 => Kind::HandOff,
             _ => return None,
@@ -120,7 +117,7 @@ mod tests {
             slot: 0xdead_beef,
             generation: 0x00ab_cdef,
         };
-        for kind in [Kind::Recv, Kind::Send, Kind::Cancel, Kind::SendTimeout] {
+        for kind in [Kind::Recv, Kind::Send, Kind::Cancel] {
             let t = Token::decode(Token::conn(kind, id)).unwrap();
             assert_eq!(t, Token { kind, id });
         }

@@ -13,8 +13,9 @@ use std::time::Duration;
 use async_task::Runnable;
 use crossbeam_queue::ArrayQueue;
 
-use super::local;
+use super::timers::{Clock, Timers};
 use super::wake::Notifier;
+use super::{executor, local};
 use crate::buf_ring::BufPool;
 use crate::stats::ReactorStatsCell;
 use crate::sys::EventFd;
@@ -37,6 +38,11 @@ pub(crate) struct ReactorShared {
     /// Something was put in `overflow`, `remote_runnables` or `stop`: spares the reactor three
     /// locks per loop iteration, and tells its pre-sleep check there is work.
     hint: AtomicBool,
+    /// The reactor's clock and its application timers.
+    pub(crate) clock: Clock,
+    pub(crate) timers: Timers,
+    /// A read timeout is configured: handles stamp when a read starts waiting.
+    pub(crate) stamp_reads: bool,
     pub(crate) stats: ReactorStatsCell,
     exited: AtomicBool,
 }
@@ -49,6 +55,7 @@ impl ReactorShared {
         max_write_buffer: usize,
         wake: EventFd,
         max_conns: usize,
+        stamp_reads: bool,
     ) -> Self {
         Self {
             index,
@@ -61,6 +68,9 @@ impl ReactorShared {
             remote_runnables: Mutex::new(Vec::new()),
             stop: Mutex::new(None),
             hint: AtomicBool::new(false),
+            clock: Clock::new(),
+            timers: Timers::default(),
+            stamp_reads,
             stats: ReactorStatsCell::default(),
             exited: AtomicBool::new(false),
         }
@@ -88,7 +98,7 @@ impl ReactorShared {
     /// Schedules a local task woken from any thread.
     pub(crate) fn schedule(&self, runnable: Runnable) {
         if local::is_current(self) {
-            local::push_runnable(runnable);
+            executor::push_runnable(runnable);
             return;
         }
         let mut q = self
@@ -116,7 +126,7 @@ impl ReactorShared {
                 .unwrap_or_else(|p| p.into_inner()),
         );
         for r in taken {
-            local::push_runnable(r);
+            executor::push_runnable(r);
         }
     }
 

@@ -73,6 +73,12 @@ pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
     syscall!(shutdown(fd, libc::SHUT_WR)).map(drop)
 }
 
+/// `shutdown(fd, SHUT_RDWR)`: ends both directions; operations waiting on the socket complete.
+pub(crate) fn shutdown_both(fd: RawFd) -> io::Result<()> {
+    // shutdown(2) with integer arguments only.
+    syscall!(shutdown(fd, libc::SHUT_RDWR)).map(drop)
+}
+
 /// The peer address of a connected socket.
 pub(crate) fn peer_addr(fd: RawFd) -> io::Result<std::net::SocketAddr> {
     // SAFETY: the caller guarantees `fd` is an open socket for the duration of this call.

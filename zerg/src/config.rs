@@ -75,6 +75,13 @@ pub struct EngineOptions {
     /// The acceptor thread (used in [`AcceptMode::Dedicated`]; its `ip_version` applies to
     /// both modes).
     pub acceptor: AcceptorConfig,
+    /// TCP keep-alive on every accepted connection (`SO_KEEPALIVE`): after this long without
+    /// traffic the kernel probes the peer (every third of it, 1 s to 75 s, 3 probes) and resets
+    /// the connection if the peer is gone — so a peer that vanished (power loss, a NAT that
+    /// forgot the flow) is noticed even by a connection nobody writes to. Set once on the
+    /// listener; accepted sockets inherit it. `None` leaves the system default (off).
+    /// Default: `None`.
+    pub tcp_keepalive: Option<Duration>,
     /// Per-reactor configuration. Empty: every reactor uses [`ReactorConfig::default`]. One entry:
     /// every reactor uses it. Otherwise there must be exactly `reactor_count` entries, one per
     /// reactor in order. Default: empty.
@@ -90,6 +97,7 @@ impl Default for EngineOptions {
             backlog: 65535,
             accept_mode: AcceptMode::Dedicated,
             acceptor: AcceptorConfig::default(),
+            tcp_keepalive: None,
             reactor_configs: Vec::new(),
         }
     }
@@ -128,6 +136,12 @@ impl EngineOptions {
         }
         if self.backlog == 0 {
             return Err(ConfigError::new("backlog", "must be at least 1").into());
+        }
+        if self
+            .tcp_keepalive
+            .is_some_and(|d| d < Duration::from_secs(1))
+        {
+            return Err(ConfigError::new("tcp_keepalive", "must be at least one second").into());
         }
         let n = self.reactor_configs.len();
         if n > 1 && n != self.reactor_count {

@@ -169,7 +169,13 @@ impl Engine {
         let addr = sys::listener::bind_addr(options.ip, options.port, version);
         let per_reactor = options.accept_mode == AcceptMode::PerReactor;
         let mut listeners = Vec::new();
-        let first = sys::listener::listen(addr, version, options.backlog, per_reactor)?;
+        let first = sys::listener::listen(
+            addr,
+            version,
+            options.backlog,
+            per_reactor,
+            options.tcp_keepalive,
+        )?;
         let bound = first
             .local_addr()
             .ok()
@@ -188,6 +194,7 @@ impl Engine {
                     version,
                     options.backlog,
                     true,
+                    options.tcp_keepalive,
                 )?);
             }
         }

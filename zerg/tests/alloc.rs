@@ -120,12 +120,28 @@ async fn zero_copy_echo(mut conn: zerg_uring::Connection) {
 
 /// Runs warm-up and `cycles` counted cycles on one connection; returns allocations counted, their
 /// bytes and the time the counted cycles took.
-fn measure<H, F>(mode: Mode, incremental: bool, handler: H, cycles: usize) -> (u64, u64, Duration)
+fn measure<H, F>(
+    mode: Mode,
+    incremental: bool,
+    timeouts: bool,
+    handler: H,
+    cycles: usize,
+) -> (u64, u64, Duration)
 where
     H: Fn(zerg_uring::Connection) -> F + Send + Sync + Clone + 'static,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    let server = TestServer::start(mode, options(1, incremental), handler);
+    let mut opts = options(1, incremental);
+    if timeouts {
+        // Every timeout armed; the idle one is short, so the connection's timer entry comes due
+        // and moves several times during the counted cycles.
+        let rc = &mut opts.reactor_configs[0];
+        rc.read_timeout = Some(Duration::from_secs(30));
+        rc.request_timeout = Some(Duration::from_secs(30));
+        rc.write_timeout = Some(Duration::from_secs(30));
+        rc.idle_timeout = Some(Duration::from_millis(50));
+    }
+    let server = TestServer::start(mode, opts, handler);
     let addr = server.addr;
     let client = std::thread::spawn(move || {
         let mut c = std::net::TcpStream::connect(addr).unwrap();
@@ -172,24 +188,29 @@ fn hot_path_allocates_nothing() {
     for mode in [Mode::Reactor, Mode::Runtime] {
         // Control: a handler that allocates once per read is seen (the counter covers the
         // server's threads).
-        let (allocs, _, _) = measure(mode, false, copying_echo, 1000);
+        let (allocs, _, _) = measure(mode, false, false, copying_echo, 1000);
         println!("control ({mode:?}): {allocs} allocations in 1000 cycles with to_vec()");
         assert!(
             allocs >= 1000,
             "the counter missed the handler's allocations"
         );
 
-        for (incremental, zero_copy) in [(false, false), (true, false), (false, true)] {
+        for (incremental, zero_copy, timeouts) in [
+            (false, false, false),
+            (true, false, false),
+            (false, true, false),
+            (false, false, true),
+        ] {
             SEEN.lock().unwrap().clear();
             let (allocs, bytes, took) = if zero_copy {
-                measure(mode, incremental, zero_copy_echo, CYCLES)
+                measure(mode, incremental, timeouts, zero_copy_echo, CYCLES)
             } else {
-                measure(mode, incremental, echo, CYCLES)
+                measure(mode, incremental, timeouts, echo, CYCLES)
             };
             println!(
-                "allocations ({mode:?}, incremental {incremental}, zero-copy {zero_copy}): \
-                 {allocs} ({bytes} B) in {CYCLES} request/response cycles ({:?} per cycle, \
-                 debug build)",
+                "allocations ({mode:?}, incremental {incremental}, zero-copy {zero_copy}, \
+                 timeouts {timeouts}): {allocs} ({bytes} B) in {CYCLES} request/response \
+                 cycles ({:?} per cycle, debug build)",
                 took / CYCLES as u32
             );
             if allocs > 0 {
@@ -198,8 +219,8 @@ fn hot_path_allocates_nothing() {
                     println!("{s}");
                 }
                 failures.push(format!(
-                    "{mode:?}, incremental {incremental}, zero-copy {zero_copy}: {allocs} \
-                     allocations ({bytes} B)"
+                    "{mode:?}, incremental {incremental}, zero-copy {zero_copy}, timeouts \
+                     {timeouts}: {allocs} allocations ({bytes} B)"
                 ));
             }
         }

@@ -9,7 +9,8 @@
 //! a timeout that becomes active later (a read starts waiting, a request starts) needs no
 //! change to the map: every connection's entry comes due at least once per shortest timeout.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use super::Reactor;
@@ -55,37 +56,46 @@ enum Expired {
     Write,
 }
 
-/// The connection entries of the timer map: `(deadline, slot)` → generation.
+/// The connection entries of the timer map: a min-heap of `(deadline, slot, generation)`.
+///
+/// Entries are not removed from the middle: an entry whose deadline is not its connection's
+/// current `timer_at` (the connection closed, or its entry moved) is stale and skipped when it
+/// comes up. Each connection adds an entry only after its previous one came up (or when it
+/// starts), so live entries are at most one per connection; stale ones (closed connections) are
+/// swept out in place when they outnumber the live ones. Once the vector has grown to its
+/// working size, arming and re-arming allocate nothing.
 #[derive(Debug, Default)]
 pub(super) struct ConnTimers {
-    map: BTreeMap<(u64, u32), u32>,
+    heap: BinaryHeap<Reverse<(u64, u32, u32)>>,
 }
 
 impl ConnTimers {
     pub(super) fn next_deadline(&self) -> Option<u64> {
-        self.map.first_key_value().map(|(k, _)| k.0)
+        self.heap.peek().map(|Reverse(e)| e.0)
     }
 
-    fn pop_due(&mut self, now: u64) -> Option<ConnectionId> {
-        let entry = self.map.first_entry()?;
-        if entry.key().0 > now {
+    /// The next entry due at `now`, stale or not.
+    fn pop_due(&mut self, now: u64) -> Option<(u64, ConnectionId)> {
+        let &Reverse((at, slot, generation)) = self.heap.peek()?;
+        if at > now {
             return None;
         }
-        let slot = entry.key().1;
-        let generation = entry.remove();
-        Some(ConnectionId { slot, generation })
+        self.heap.pop();
+        Some((at, ConnectionId { slot, generation }))
     }
 
-    fn set(&mut self, id: ConnectionId, old: Option<u64>, new: Option<u64>) {
-        if old == new {
-            return;
-        }
-        if let Some(at) = old {
-            self.map.remove(&(at, id.slot));
-        }
-        if let Some(at) = new {
-            self.map.insert((at, id.slot), id.generation);
-        }
+    fn push(&mut self, id: ConnectionId, at: u64) {
+        self.heap.push(Reverse((at, id.slot, id.generation)));
+    }
+
+    fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Keeps only the entries `live` accepts (in place).
+    fn retain(&mut self, mut live: impl FnMut(u64, ConnectionId) -> bool) {
+        self.heap
+            .retain(|&Reverse((at, slot, generation))| live(at, ConnectionId { slot, generation }));
     }
 }
 
@@ -134,23 +144,31 @@ impl Reactor {
             return;
         };
         conn.last_active = now;
-        let next = self.timeouts.next_check(conn, None, now);
-        self.conn_timers.set(id, conn.timer_at, next);
-        conn.timer_at = next;
+        conn.timer_at = self.timeouts.next_check(conn, None, now);
+        if let Some(at) = conn.timer_at {
+            self.conn_timers.push(id, at);
+        }
     }
 
-    /// Removes a connection's timer entry (it failed or is closing).
+    /// Forgets a connection's timer entry (it failed or is closing): it is skipped when it comes
+    /// up.
     pub(super) fn disarm_conn_timer(&mut self, id: ConnectionId) {
         if let Some(conn) = self.conns.get_mut(id) {
-            self.conn_timers.set(id, conn.timer_at.take(), None);
+            conn.timer_at = None;
         }
     }
 
     /// Fires what is due at `self.now`: connection timeouts and application timers.
     pub(super) fn fire_timers(&mut self) -> Result<()> {
         let now = self.now;
-        while let Some(id) = self.conn_timers.pop_due(now) {
-            self.check_conn(id)?;
+        while let Some((at, id)) = self.conn_timers.pop_due(now) {
+            self.check_conn(id, at)?;
+        }
+        if self.conn_timers.len() > 2 * self.conns.len() + 64 {
+            // Mostly entries of closed connections: sweep them out.
+            let conns = &mut self.conns;
+            self.conn_timers
+                .retain(|at, id| conns.get_mut(id).is_some_and(|c| c.timer_at == Some(at)));
         }
         let mut wakers = std::mem::take(&mut self.wakers);
         self.stats.timers_fired += self.shared.timers.fire(now, &mut wakers) as u64;
@@ -158,25 +176,27 @@ impl Reactor {
         Ok(())
     }
 
-    /// A connection's entry came due: fail it if a timeout expired, else move the entry.
-    fn check_conn(&mut self, id: ConnectionId) -> Result<()> {
+    /// A connection's entry for `at` came due: fail it if a timeout expired, else move the entry.
+    fn check_conn(&mut self, id: ConnectionId, at: u64) -> Result<()> {
         let now = self.now;
         let Some(conn) = self.conns.get_mut(id) else {
             return Ok(());
         };
-        conn.timer_at = None;
-        if !conn.is_open() {
+        if conn.timer_at != Some(at) || !conn.is_open() {
+            // Stale: the connection's entry moved or it stopped timing.
             return Ok(());
         }
+        conn.timer_at = None;
         let read_since = if self.timeouts.read.is_some() {
             conn.shared.read_waiting_since()
         } else {
             None
         };
         let Some(expired) = self.timeouts.expired(conn, read_since, now) else {
-            let next = self.timeouts.next_check(conn, read_since, now);
-            self.conn_timers.set(id, None, next);
-            conn.timer_at = next;
+            conn.timer_at = self.timeouts.next_check(conn, read_since, now);
+            if let Some(at) = conn.timer_at {
+                self.conn_timers.push(id, at);
+            }
             return Ok(());
         };
         let counter = match expired {

@@ -2,7 +2,9 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 
 use crate::config::IpVersion;
 use crate::error::{Error, Result};
@@ -21,13 +23,23 @@ pub(crate) fn bind_addr(ip: IpAddr, port: u16, version: IpVersion) -> SocketAddr
     }
 }
 
+/// TCP keep-alive for probes after `idle`: every third of it (1 s to 75 s), 3 probes.
+fn keepalive(idle: Duration) -> TcpKeepalive {
+    TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval((idle / 3).clamp(Duration::from_secs(1), Duration::from_secs(75)))
+        .with_retries(3)
+}
+
 /// Creates a bound, listening TCP socket. `reuse_port` is set only for per-reactor listeners, so
-/// that a second server on the same port otherwise fails with `EADDRINUSE`.
+/// that a second server on the same port otherwise fails with `EADDRINUSE`. With
+/// `keepalive_idle`, accepted sockets inherit TCP keep-alive (as they inherit `TCP_NODELAY`).
 pub(crate) fn listen(
     addr: SocketAddr,
     version: IpVersion,
     backlog: u32,
     reuse_port: bool,
+    keepalive_idle: Option<Duration>,
 ) -> Result<Socket> {
     let what = |op: &str| format!("{op} for listener {addr}");
     let domain = Domain::for_address(addr);
@@ -51,6 +63,11 @@ pub(crate) fn listen(
     socket
         .set_tcp_nodelay(true)
         .map_err(|e| Error::io(what("TCP_NODELAY"), e))?;
+    if let Some(idle) = keepalive_idle {
+        socket
+            .set_tcp_keepalive(&keepalive(idle))
+            .map_err(|e| Error::io(what("SO_KEEPALIVE"), e))?;
+    }
     socket
         .bind(&addr.into())
         .map_err(|e| Error::io(format!("bind {addr}"), e))?;
@@ -87,9 +104,9 @@ mod tests {
     #[test]
     fn second_bind_without_reuse_port_fails() {
         let addr = bind_addr(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, IpVersion::Ipv4);
-        let first = listen(addr, IpVersion::Ipv4, 16, false).unwrap();
+        let first = listen(addr, IpVersion::Ipv4, 16, false, None).unwrap();
         let bound = first.local_addr().unwrap().as_socket().unwrap();
-        let err = listen(bound, IpVersion::Ipv4, 16, false).unwrap_err();
+        let err = listen(bound, IpVersion::Ipv4, 16, false, None).unwrap_err();
         match err {
             Error::Io { source, op } => {
                 assert_eq!(source.raw_os_error(), Some(libc::EADDRINUSE));
@@ -106,9 +123,16 @@ mod nodelay_tests {
     use std::net::Ipv4Addr;
 
     #[test]
-    fn accepted_sockets_inherit_nodelay() {
+    fn accepted_sockets_inherit_nodelay_and_keepalive() {
         let addr = bind_addr(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, IpVersion::Ipv4);
-        let l = listen(addr, IpVersion::Ipv4, 16, false).unwrap();
+        let l = listen(
+            addr,
+            IpVersion::Ipv4,
+            16,
+            false,
+            Some(Duration::from_secs(42)),
+        )
+        .unwrap();
         let bound = l.local_addr().unwrap().as_socket().unwrap();
         let _c = std::net::TcpStream::connect(bound).unwrap();
         let (a, _) = l.accept().unwrap();
@@ -116,5 +140,8 @@ mod nodelay_tests {
             a.tcp_nodelay().unwrap(),
             "TCP_NODELAY not inherited from the listener"
         );
+        assert!(a.keepalive().unwrap(), "SO_KEEPALIVE not inherited");
+        assert_eq!(a.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
+        assert_eq!(a.tcp_keepalive_interval().unwrap(), Duration::from_secs(14));
     }
 }

@@ -92,6 +92,16 @@ impl TestServer {
         })
     }
 
+    /// Wraps an engine the test started itself (e.g. with `Engine::serve_with_state`).
+    pub fn from_engine(engine: Engine) -> TestServer {
+        let addr = engine.local_addr();
+        TestServer {
+            engine: Some(Arc::new(engine)),
+            addr,
+            rt: None,
+        }
+    }
+
     pub fn engine(&self) -> &Engine {
         self.engine.as_ref().unwrap()
     }

@@ -55,7 +55,7 @@ pub enum AcceptMode {
 }
 
 /// Top-level engine configuration (the seed's `EngineOptions`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct EngineOptions {
     /// Number of reactor threads. Each owns an io_uring, a buffer ring and its connections.
@@ -82,6 +82,16 @@ pub struct EngineOptions {
     /// listener; accepted sockets inherit it. `None` leaves the system default (off).
     /// Default: `None`.
     pub tcp_keepalive: Option<Duration>,
+    /// Run thread-per-core handlers ([`Engine::serve`](crate::Engine::serve)) inside a tokio
+    /// runtime context, so crates that insist on tokio work there: `tokio::time`, `tokio::spawn`,
+    /// `tokio::net`, and anything built on them. See [`TokioContext`] for what runs where and
+    /// what it costs. Handlers on the reactor thread can always use zerg's own timers
+    /// ([`crate::time`]) and [`spawn_local`](crate::spawn_local), which need none of this.
+    /// Default: `None` (a tokio call in a reactor-mode handler panics, as tokio does outside a
+    /// runtime; the panic closes that connection only and is logged with a hint naming this
+    /// setting).
+    #[cfg(feature = "tokio-context")]
+    pub tokio_context: Option<TokioContext>,
     /// Per-reactor configuration. Empty: every reactor uses [`ReactorConfig::default`]. One entry:
     /// every reactor uses it. Otherwise there must be exactly `reactor_count` entries, one per
     /// reactor in order. Default: empty.
@@ -98,6 +108,8 @@ impl Default for EngineOptions {
             accept_mode: AcceptMode::Dedicated,
             acceptor: AcceptorConfig::default(),
             tcp_keepalive: None,
+            #[cfg(feature = "tokio-context")]
+            tokio_context: None,
             reactor_configs: Vec::new(),
         }
     }
@@ -180,6 +192,32 @@ impl EngineOptions {
 }
 
 static DEFAULT_REACTOR: ReactorConfig = ReactorConfig::DEFAULT;
+
+/// Which tokio runtime thread-per-core handlers run in the context of
+/// ([`EngineOptions::tokio_context`], feature `tokio-context`).
+///
+/// Each reactor thread enters the runtime's context for its whole life. What then runs where:
+///
+/// - the handlers themselves, and their `zerg_uring::spawn_local` tasks, stay on the reactor
+///   thread, polled by its local executor as without this option;
+/// - `tokio::time` timers and `tokio::net` sockets are registered with the runtime's drivers,
+///   which run on the runtime's thread: each timer that fires and each socket event costs one
+///   cross-thread wake of the reactor (an `eventfd` write when it sleeps) — zerg's own timers
+///   and `zerg_uring::connect` cost none;
+/// - `tokio::spawn` runs the (`Send`) future on the runtime's thread, not on the reactor;
+/// - `tokio::task::spawn_local` needs a `LocalSet` and panics: use `zerg_uring::spawn_local`.
+#[cfg(feature = "tokio-context")]
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum TokioContext {
+    /// zerg starts a tokio current-thread runtime of its own (I/O and time drivers on) on a
+    /// thread named `zerg-tokio`, for the engine's lifetime; it stops after the reactors.
+    Owned,
+    /// The runtime of this handle. It must be driven while the engine runs: a multi-thread
+    /// runtime is; a current-thread runtime only while its `block_on` runs (zerg logs a warning
+    /// for that flavor, since a runtime nobody drives would leave tokio timers waiting forever).
+    Handle(tokio::runtime::Handle),
+}
 
 /// Configuration of one reactor (the seed's `ReactorConfig`).
 #[derive(Debug, Clone, PartialEq)]

@@ -36,6 +36,9 @@ pub struct Engine {
     threads: Mutex<Vec<JoinHandle<()>>>,
     // Kept open until the threads are joined (shut down for reading at stop).
     listeners: Vec<Socket>,
+    /// The tokio runtime zerg started for `TokioContext::Owned`; stopped after the reactors.
+    #[cfg(feature = "tokio-context")]
+    owned_tokio: Mutex<Option<crate::tokio_context::OwnedRuntime>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -165,6 +168,12 @@ impl Engine {
         mode: Mode,
         rx: async_channel::Receiver<Connection>,
     ) -> Result<Engine> {
+        // Only thread-per-core handlers run on the reactors: nothing to enter otherwise.
+        #[cfg(feature = "tokio-context")]
+        let mut tokio = match (&mode, &options.tokio_context) {
+            (Mode::Serve(_), Some(ctx)) => Some(crate::tokio_context::resolve(ctx)?),
+            _ => None,
+        };
         let version = options.acceptor.ip_version;
         let addr = sys::listener::bind_addr(options.ip, options.port, version);
         let per_reactor = options.accept_mode == AcceptMode::PerReactor;
@@ -221,6 +230,8 @@ impl Engine {
             reactor_count: options.reactor_count,
             threads: Mutex::new(Vec::new()),
             listeners: Vec::new(),
+            #[cfg(feature = "tokio-context")]
+            owned_tokio: Mutex::new(tokio.as_mut().and_then(|(_, owned)| owned.take())),
         };
 
         let mut reactors = Vec::with_capacity(options.reactor_count);
@@ -232,6 +243,8 @@ impl Engine {
                 mode: mode.clone(),
                 listener: listener.map(|l| l.as_raw_fd()),
                 engine: shared.clone(),
+                #[cfg(feature = "tokio-context")]
+                tokio: tokio.as_ref().map(|(h, _)| h.clone()),
             };
             match reactor::spawn(init) {
                 Ok((r, thread)) => {
@@ -354,6 +367,15 @@ impl Engine {
             if t.join().is_err() {
                 tracing::error!(thread = %name, "thread panicked");
             }
+        }
+        #[cfg(feature = "tokio-context")]
+        if let Some(mut rt) = self
+            .owned_tokio
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            rt.stop();
         }
     }
 

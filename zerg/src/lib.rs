@@ -75,6 +75,8 @@ mod config;
 mod conn;
 mod engine;
 mod error;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 mod io;
 mod lifecycle;
 mod reactor;
@@ -84,7 +86,11 @@ mod stats;
 mod sys;
 pub mod task;
 pub mod time;
+#[cfg(feature = "tokio-context")]
+mod tokio_context;
 
+#[cfg(feature = "tokio-context")]
+pub use config::TokioContext;
 pub use config::{AcceptMode, AcceptorConfig, EngineOptions, IpVersion, ReactorConfig};
 pub use conn::{
     Connection, Flush, FlushState, Read, ReadSnapshot, RingItem, Segments, Sequence, Shutdown,
@@ -92,7 +98,7 @@ pub use conn::{
 };
 pub use engine::Engine;
 pub use error::{CloseReason, ConfigError, Error, Result};
-#[cfg(any(feature = "tokio", feature = "futures-io"))]
+#[cfg(any(feature = "tokio", feature = "futures-io", feature = "hyper"))]
 pub use io::ConnectionStream;
 pub use io::{ConnectionReader, ReaderRead, ReaderResult};
 pub use ring::token::ConnectionId;

@@ -10,11 +10,11 @@
 //! buffers back to the kernel as soon as everything in them is consumed.
 
 mod reader;
-#[cfg(any(feature = "tokio", feature = "futures-io"))]
+#[cfg(any(feature = "tokio", feature = "futures-io", feature = "hyper"))]
 mod stream;
 
 pub use reader::{ConnectionReader, ReaderRead, ReaderResult};
-#[cfg(any(feature = "tokio", feature = "futures-io"))]
+#[cfg(any(feature = "tokio", feature = "futures-io", feature = "hyper"))]
 pub use stream::ConnectionStream;
 
 use std::task::{Context, Poll};
@@ -108,7 +108,7 @@ impl Inbound {
 }
 
 /// The read side of the I/O traits, shared by the reader and the stream.
-#[cfg(any(feature = "tokio", feature = "futures-io"))]
+#[cfg(any(feature = "tokio", feature = "futures-io", feature = "hyper"))]
 impl Inbound {
     /// The first contiguous run of unconsumed bytes (empty if there are none).
     pub(crate) fn first(&self) -> &[u8] {
@@ -195,7 +195,7 @@ impl Inbound {
 
 /// What a read that found no bytes reports: end of file for a peer that closed its side, an
 /// error for everything else (reset, socket error, engine stopping).
-#[cfg(any(feature = "tokio", feature = "futures-io"))]
+#[cfg(any(feature = "tokio", feature = "futures-io", feature = "hyper"))]
 pub(crate) fn eof_or_error(end: Option<CloseReason>) -> std::io::Result<()> {
     match end {
         None | Some(CloseReason::PeerClosed) => Ok(()),

@@ -314,3 +314,55 @@ impl futures_io::AsyncWrite for ConnectionStream {
         self.get_mut().poll_shutdown_inner(cx)
     }
 }
+
+// hyper reads and writes the connection directly, without tokio's traits or hyper-util's
+// `TokioIo` in between.
+#[cfg(feature = "hyper")]
+impl hyper::rt::Read for ConnectionStream {
+    /// Copies what is unread (one copy, as `AsyncRead`); end of file once the peer closed its
+    /// side and everything was read.
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // `put_slice` copies into the cursor's unfilled part and advances it (no unsafe).
+        let room = buf.remaining();
+        if room > 0 && ready!(this.inbound.poll_available(&mut this.conn, cx))? {
+            this.inbound.copy_with(room, |s| buf.put_slice(s));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(feature = "hyper")]
+impl hyper::rt::Write for ConnectionStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_inner(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_vectored_inner(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_flush_all(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_shutdown_inner(cx)
+    }
+}

@@ -89,6 +89,9 @@ pub(crate) struct ReactorInit {
     /// Per-reactor accept mode: this reactor's `SO_REUSEPORT` listener.
     pub(crate) listener: Option<RawFd>,
     pub(crate) engine: Arc<Lifecycle>,
+    /// The tokio runtime whose context the thread enters (`EngineOptions::tokio_context`).
+    #[cfg(feature = "tokio-context")]
+    pub(crate) tokio: Option<tokio::runtime::Handle>,
 }
 
 /// Starts a reactor thread; returns once its ring and buffer ring are set up.
@@ -120,6 +123,11 @@ pub(crate) fn spawn(
 fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Result<Arc<ReactorShared>>>) {
     let index = init.index;
     let engine = init.engine.clone();
+    // Entered for the thread's whole life: every handler poll runs in the runtime's context.
+    #[cfg(feature = "tokio-context")]
+    let tokio = init.tokio.clone();
+    #[cfg(feature = "tokio-context")]
+    let _tokio = tokio.as_ref().map(tokio::runtime::Handle::enter);
     let mut reactor = match Reactor::new(init) {
         Ok(r) => r,
         Err(e) => {
@@ -246,6 +254,7 @@ impl Reactor {
             mode,
             listener,
             engine,
+            ..
         } = init;
         if let Some(cpu) = config.cpu {
             sys::pin_current_thread(cpu)

@@ -203,7 +203,16 @@ impl<F: Future> Future for Guarded<F> {
                     .map(|s| (*s).to_string())
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string panic payload".into());
-                tracing::error!(panic = %msg, "task on the reactor thread panicked");
+                if msg.contains("Tokio") {
+                    tracing::error!(
+                        panic = %msg,
+                        "task on the reactor thread panicked: it called tokio, which needs a tokio \
+                         runtime context; use zerg_uring::time / spawn_local / connect, or set \
+                         EngineOptions::tokio_context (feature tokio-context)"
+                    );
+                } else {
+                    tracing::error!(panic = %msg, "task on the reactor thread panicked");
+                }
                 EXEC.with(|e| e.borrow_mut().panics += 1);
                 Err(JoinError::Panicked(msg))
             }

@@ -58,13 +58,14 @@
 //!   [`Sequence`], or [`RingItem`]s one by one); [`write`](Connection::write) /
 //!   [`get_span`](Connection::get_span) + [`advance`](Connection::advance) /
 //!   [`std::io::Write`] / [`bytes::BufMut`], then [`flush`](Connection::flush).
-//! - Adapters: [`ConnectionReader`] (zero-copy reads with partial consumption, the seed's
-//!   `ConnectionPipeReader`) and `ConnectionStream` (`tokio::io` / `futures_io` `AsyncRead` +
-//!   `AsyncWrite`, for hyper and tokio-util codecs; features `tokio` / `futures-io`).
+//! - Adapters: [`ConnectionReader`] (zero-copy reads with partial consumption) and
+//!   `ConnectionStream` (`tokio::io` / `futures_io` `AsyncRead` + `AsyncWrite`, for hyper and
+//!   tokio-util codecs; features `tokio` / `futures-io`).
 //! - Configuration: [`EngineOptions`], [`ReactorConfig`], [`AcceptorConfig`], [`IpVersion`],
 //!   [`AcceptMode`].
 //!
 //! The library never prints; it logs through [`tracing`].
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg(target_os = "linux")]
@@ -105,7 +106,8 @@ pub use ring::token::ConnectionId;
 pub use stats::{AcceptorStats, EngineStats, ReactorStats};
 pub use task::{JoinHandle, spawn_local};
 
-/// The README's code samples, compiled as doctests.
+/// The README's code samples, compiled as doctests. `zerg/README.md` is a symlink to the
+/// repository's README; in the published package it is the README itself, at the package root.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

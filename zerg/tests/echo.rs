@@ -1,4 +1,5 @@
-//! The seed's echo suite, on a real engine, in every combination of handler mode and buffer mode.
+//! The C# zerg's echo suite, ported, on a real engine, in every combination of handler mode and
+//! buffer mode.
 
 mod util;
 

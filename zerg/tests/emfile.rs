@@ -1,4 +1,4 @@
-//! Rule 4: accept survives running out of file descriptors (EMFILE).
+//! docs/architecture.md, rule 4: accept survives running out of file descriptors (EMFILE).
 //!
 //! C# never re-armed its multishot accept: one EMFILE and the server stopped accepting forever.
 //! The server runs in a child process (this test binary, re-executed) with a low

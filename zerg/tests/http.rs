@@ -1,4 +1,4 @@
-//! The seed's HTTP tests on the raw API: a plaintext responder that finds request ends
+//! The C# zerg's HTTP tests, ported, on the raw API: a plaintext responder that finds request ends
 //! (`\r\n\r\n`, possibly straddling receive buffers and reads) and answers each one, written
 //! through `get_span` + `advance`. Pipelining (100 requests in one write → 100 responses, also
 //! with the requests cut at random points) and keep-alive (1000 sequential requests), in both

@@ -1,6 +1,6 @@
-//! Close protocol and engine lifecycle (DESIGN §3 rules 10 and 11): graceful shutdown drains
-//! in-flight responses and refuses new connections at once, a hard stop does not wait for slow
-//! peers, engines are independent, and start-up failures return an error and leave nothing
+//! Close protocol and engine lifecycle (docs/architecture.md, rules 10 and 11): graceful shutdown
+//! drains in-flight responses and refuses new connections at once, a hard stop does not wait for
+//! slow peers, engines are independent, and start-up failures return an error and leave nothing
 //! running.
 //!
 //! These tests count the process's `zerg-*` threads and open descriptors, so they run one at a

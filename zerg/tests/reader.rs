@@ -1,6 +1,6 @@
-//! `ConnectionReader` (the seed's PipeReader suite): echo, many messages, concurrent connections,
-//! large payloads, client disconnects, partial consumption across buffer boundaries, the
-//! consumed/examined rules, and a property test reassembling random messages from random client
+//! `ConnectionReader` (the C# zerg's PipeReader suite, ported): echo, many messages, concurrent
+//! connections, large payloads, client disconnects, partial consumption across buffer boundaries,
+//! the consumed/examined rules, and a property test reassembling random messages from random client
 //! write splits. Every test runs in normal and incremental buffer mode and ends with every buffer
 //! back in the ring.
 

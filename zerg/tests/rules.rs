@@ -1,7 +1,7 @@
-//! Rule tests: DESIGN §3, each one a place where the C# zerg was wrong. Every test here fails if
-//! its rule is not implemented (the comment on each says how). Measurements are printed (run with
-//! `--nocapture` / `--no-capture` to see them), never asserted as timings, except generous "no
-//! hang" bounds.
+//! Rule tests: the rules in docs/architecture.md, each one a place where the C# zerg was wrong.
+//! Every test here fails if its rule is not implemented (the comment on each says how).
+//! Measurements are printed (run with `--nocapture` / `--no-capture` to see them), never asserted
+//! as timings, except generous "no hang" bounds.
 
 mod util;
 
@@ -47,7 +47,7 @@ async fn echo_rest(mut conn: Connection, first: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rule 1: identity by slot + generation, never by fd.
+// docs/architecture.md, rule 1: identity by slot + generation, never by fd.
 //
 // Client A asks for an endless response and resets while the server is writing it; client B
 // connects at once and often gets A's descriptor number. B does a tagged echo and must see only
@@ -144,7 +144,7 @@ fn fd_reuse_never_crosses_streams_reactor() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rule 2: buffer-ring index math.
+// docs/architecture.md, rule 2: buffer-ring index math.
 //
 // A ring of 8 tiny buffers and 48 clients: the kernel recycles every bid thousands of times while
 // handlers hold snapshots for random times and return them out of order, from another thread.
@@ -285,7 +285,7 @@ fn snapshot_outliving_its_connection_returns_buffers_reactor() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rule 3: -ENOBUFS is back-pressure, not a close.
+// docs/architecture.md, rule 3: -ENOBUFS is back-pressure, not a close.
 //
 // 4 buffers, 32 clients sending 256 KiB at the same moment: receives run dry over and over. Every
 // connection must survive and every byte come back; `enobufs > 0` proves the path ran. C# closed
@@ -348,7 +348,7 @@ fn enobufs_keeps_connections_reactor() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rule 5: every flush resolves.
+// docs/architecture.md, rule 5: every flush resolves.
 //
 // C# swallowed send errors, so a flush to a peer that reset hung forever.
 
@@ -519,7 +519,7 @@ fn flush_with_write_timeout_to_silent_peer_reactor() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rule 6: no fixed write cap.
+// docs/architecture.md, rule 6: no fixed write cap.
 //
 // C# threw past a 16 KiB write slab. A 16 MiB response goes through `write` (staged at once) and
 // through `write_all` with a 64 KiB staging bound (back-pressure). Past the bound, `write` fails
@@ -628,7 +628,7 @@ fn big_response_through_write_and_write_all_reactor() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rule 8: EOF after data.
+// docs/architecture.md, rule 8: EOF after data.
 //
 // The client sends 100 bytes and closes before the handler even starts reading (it sleeps 50 ms):
 // the handler must get the 100 bytes, then a closed snapshot saying PeerClosed. A half-closed
@@ -761,7 +761,7 @@ fn half_closed_client_gets_full_response_reactor() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rule 9: no polling.
+// docs/architecture.md, rule 9: no polling.
 //
 // C# woke every millisecond. An idle engine here sleeps in the kernel: over one idle second each
 // reactor and the acceptor wake at most 20 times. A third engine with `cq_timeout = 10 ms` proves
@@ -855,7 +855,7 @@ fn idle_engine_does_not_poll_reactor() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rule 7: per-connection receive bound.
+// docs/architecture.md, rule 7: per-connection receive bound.
 //
 // A ring of 64 buffers, at most 8 per connection. One "hog" connection's handler never reads
 // while its client blasts 8 MiB; 10 normal echo clients run meanwhile and must finish byte-exact.

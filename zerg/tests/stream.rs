@@ -1,6 +1,6 @@
-//! `ConnectionStream` (the seed's Stream suite) through `tokio::io` and `futures_io`: echo, many
-//! messages, concurrent connections, large payloads, client disconnects, partial reads, half
-//! close, dropping mid-operation, a property test with random sizes, splits and read buffer
+//! `ConnectionStream` (the C# zerg's Stream suite, ported) through `tokio::io` and `futures_io`:
+//! echo, many messages, concurrent connections, large payloads, client disconnects, partial reads,
+//! half close, dropping mid-operation, a property test with random sizes, splits and read buffer
 //! sizes, and tokio-util's `Framed` + `LinesCodec` with lines split at random points. Every test
 //! runs in normal and incremental buffer mode and ends with every buffer back in the ring.
 

@@ -1,8 +1,8 @@
 //! Adapters over the connection API, so that code written for Rust's I/O traits runs on zerg.
 //!
-//! - [`ConnectionReader`] (the seed's `ConnectionPipeReader`): a zero-copy, multi-segment view of
+//! - [`ConnectionReader`] (C# zerg: `ConnectionPipeReader`): a zero-copy, multi-segment view of
 //!   everything received and not yet consumed, with `advance_to(consumed, examined)`.
-//! - [`ConnectionStream`] (the seed's `ConnectionStream`): `tokio::io::{AsyncRead, AsyncWrite}`
+//! - [`ConnectionStream`] (C# zerg: `ConnectionStream`): `tokio::io::{AsyncRead, AsyncWrite}`
 //!   and `futures_io::{AsyncRead, AsyncWrite}`, one copy per read; hyper and tokio-util codecs
 //!   run on it.
 //!

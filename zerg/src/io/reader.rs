@@ -1,5 +1,5 @@
-//! [`ConnectionReader`]: the seed's `ConnectionPipeReader` — zero-copy reads with partial
-//! consumption.
+//! [`ConnectionReader`]: zero-copy reads with partial consumption (C# zerg:
+//! `ConnectionPipeReader`).
 
 use std::fmt;
 use std::future::Future;
@@ -10,7 +10,7 @@ use super::Inbound;
 use crate::conn::{Connection, Sequence};
 use crate::error::CloseReason;
 
-/// Zero-copy reader with partial consumption (the seed's `ConnectionPipeReader`).
+/// Zero-copy reader with partial consumption (C# zerg: `ConnectionPipeReader`).
 ///
 /// [`read`](Self::read) returns a [`ReaderResult`]: a multi-segment view ([`Sequence`]) of
 /// everything received and not yet consumed — possibly spanning several receive buffers and
@@ -30,7 +30,7 @@ use crate::error::CloseReason;
 /// Writing goes through the connection: [`ReaderResult::connection`] (while the view is alive,
 /// say to write bytes straight from it) or [`get_mut`](Self::get_mut), for
 /// [`write`](Connection::write) and [`flush`](Connection::flush).
-/// [`complete`](Self::complete) (the seed's `Complete`) returns every held buffer and hands the
+/// [`complete`](Self::complete) (C# zerg: `Complete`) returns every held buffer and hands the
 /// connection back.
 ///
 /// With the `tokio` or `futures-io` feature the reader also implements `AsyncBufRead` (one
@@ -101,7 +101,7 @@ impl ConnectionReader {
     }
 
     /// Waits until there is something new to look at, then returns the view of every byte
-    /// received and not yet consumed (the seed's `ReadAsync`).
+    /// received and not yet consumed (C# zerg: `ReadAsync`).
     ///
     /// Returns at once when the previous view was not examined to its end, or when the
     /// connection is completed (the view then holds whatever was left unconsumed; it never grows
@@ -140,7 +140,7 @@ impl ConnectionReader {
         }
     }
 
-    /// Tells the reader how far the application got in the last view (the seed's `AdvanceTo`):
+    /// Tells the reader how far the application got in the last view (C# zerg: `AdvanceTo`):
     /// the first `consumed` bytes are done with (receive buffers wholly inside them go back to
     /// the kernel now), and the first `examined` bytes were looked at. When `examined` is the
     /// view's length, the next [`read`](Self::read) waits for new bytes; otherwise it returns
@@ -170,7 +170,7 @@ impl ConnectionReader {
         &mut self.conn
     }
 
-    /// Ends reading (the seed's `Complete`): every held receive buffer goes back to the kernel
+    /// Ends reading (C# zerg: `Complete`): every held receive buffer goes back to the kernel
     /// now and unconsumed bytes are discarded. Returns the connection, to keep writing or to drop
     /// (which closes it).
     pub fn complete(self) -> Connection {
@@ -223,7 +223,7 @@ impl fmt::Debug for ReaderRead<'_> {
     }
 }
 
-/// What [`ConnectionReader::read`] returns (the seed's `ReadResult`): the unconsumed bytes,
+/// What [`ConnectionReader::read`] returns (C# zerg: `ReadResult`): the unconsumed bytes,
 /// whether more can come, and the connection for writing meanwhile.
 #[derive(Debug)]
 pub struct ReaderResult<'a> {
@@ -233,13 +233,13 @@ pub struct ReaderResult<'a> {
 }
 
 impl<'a> ReaderResult<'a> {
-    /// Every byte received and not yet consumed, in place in the receive buffers (the seed's
+    /// Every byte received and not yet consumed, in place in the receive buffers (C# zerg:
     /// `Buffer`). Offsets into it are what [`ConnectionReader::advance_to`] takes.
     pub fn buffer(&self) -> Sequence<'a> {
         self.buffer.clone()
     }
 
-    /// Whether the connection is closed for reading (the seed's `IsCompleted`): no more bytes
+    /// Whether the connection is closed for reading (C# zerg: `IsCompleted`): no more bytes
     /// will come; [`buffer`](Self::buffer) holds what was left unconsumed.
     pub fn is_completed(&self) -> bool {
         self.end.is_some()
@@ -259,6 +259,7 @@ impl<'a> ReaderResult<'a> {
 }
 
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl tokio::io::AsyncRead for ConnectionReader {
     /// Copies unconsumed bytes into `buf` and consumes them; end of file once the peer closed
     /// and everything was read.
@@ -274,6 +275,7 @@ impl tokio::io::AsyncRead for ConnectionReader {
 }
 
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl tokio::io::AsyncBufRead for ConnectionReader {
     /// The unconsumed bytes of the first receive buffer, in place; empty at end of file.
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<&[u8]>> {
@@ -289,6 +291,7 @@ impl tokio::io::AsyncBufRead for ConnectionReader {
 }
 
 #[cfg(feature = "futures-io")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures-io")))]
 impl futures_io::AsyncRead for ConnectionReader {
     /// Copies unconsumed bytes into `buf` and consumes them; `Ok(0)` once the peer closed and
     /// everything was read.
@@ -304,6 +307,7 @@ impl futures_io::AsyncRead for ConnectionReader {
 }
 
 #[cfg(feature = "futures-io")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures-io")))]
 impl futures_io::AsyncBufRead for ConnectionReader {
     /// The unconsumed bytes of the first receive buffer, in place; empty at end of file.
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<&[u8]>> {

@@ -1,5 +1,4 @@
-//! [`ConnectionStream`]: the seed's `ConnectionStream` — the connection as a byte stream for the
-//! tokio and futures I/O traits.
+//! [`ConnectionStream`]: the connection as a byte stream for the tokio and futures I/O traits.
 
 use std::fmt;
 use std::io;
@@ -9,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use super::Inbound;
 use crate::conn::{Connection, FlushState, ShutdownState};
 
-/// The connection as an async byte stream (the seed's `ConnectionStream`), for crates written
+/// The connection as an async byte stream (C# zerg: `ConnectionStream`), for crates written
 /// against Rust's I/O traits: hyper (through hyper-util's `TokioIo`), tokio-util codecs,
 /// `tokio::io::copy`, and so on.
 ///
@@ -82,6 +81,7 @@ use crate::conn::{Connection, FlushState, ShutdownState};
 /// }
 /// # }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(any(feature = "tokio", feature = "futures-io"))))]
 pub struct ConnectionStream {
     // Declared before `conn`: the held buffers go back before the connection asks to close.
     inbound: Inbound,
@@ -209,6 +209,7 @@ impl fmt::Debug for ConnectionStream {
 }
 
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl tokio::io::AsyncRead for ConnectionStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -221,6 +222,7 @@ impl tokio::io::AsyncRead for ConnectionStream {
 }
 
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl tokio::io::AsyncBufRead for ConnectionStream {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
@@ -233,6 +235,7 @@ impl tokio::io::AsyncBufRead for ConnectionStream {
 }
 
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl tokio::io::AsyncWrite for ConnectionStream {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -264,6 +267,7 @@ impl tokio::io::AsyncWrite for ConnectionStream {
 }
 
 #[cfg(feature = "futures-io")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures-io")))]
 impl futures_io::AsyncRead for ConnectionStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -276,6 +280,7 @@ impl futures_io::AsyncRead for ConnectionStream {
 }
 
 #[cfg(feature = "futures-io")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures-io")))]
 impl futures_io::AsyncBufRead for ConnectionStream {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
@@ -288,6 +293,7 @@ impl futures_io::AsyncBufRead for ConnectionStream {
 }
 
 #[cfg(feature = "futures-io")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures-io")))]
 impl futures_io::AsyncWrite for ConnectionStream {
     fn poll_write(
         self: Pin<&mut Self>,

@@ -430,7 +430,7 @@ async fn https(tls: tokio_rustls::server::TlsStream<ConnectionStream>) {
 
 /// A request and the body its response must carry.
 fn request(i: usize) -> (Request<Full<Bytes>>, Bytes) {
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         let req = Request::get("https://localhost/")
             .body(Full::new(Bytes::new()))
             .unwrap();

@@ -55,6 +55,31 @@ PY
   port=$((port + 1))
 }
 
+check_https() { # args... (the tls example)
+  "$bin/tls" --port "$port" "$@" >/tmp/zerg-smoke-tls.log 2>&1 &
+  local pid=$!
+  local url="https://127.0.0.1:$port/"
+  for _ in $(seq 50); do curl -sk -o /dev/null "$url" && break; sleep 0.1; done
+  local h1; h1=$(curl -sk --max-time 5 --http1.1 -w ' %{http_version}' "$url")
+  local h2; h2=$(curl -sk --max-time 5 --http2 -w ' %{http_version}' "$url")
+  # A client that does not trust the self-signed certificate fails its handshake (curl: 60);
+  # the server goes on serving.
+  local untrusted=0; curl -s --max-time 5 -o /dev/null "$url" || untrusted=$?
+  local after; after=$(curl -sk --max-time 5 "$url")
+  local out; out=$(wrk -t1 -c64 -d2s --timeout 2s "$url" 2>&1)
+  local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  local errs; errs=$(grep -E "Non-2xx|Socket errors" <<<"$out" || true)
+  kill -INT "$pid"
+  local rc=0; wait "$pid" || rc=$?
+  printf '%-10s %-40s h1=%-20q h2=%-18q untrusted=%-3s req/s=%-10s exit=%s %s\n' tls "$*" "$h1" "$h2" \
+    "$untrusted" "$rps" "$rc" "$errs"
+  if [[ "$h1" != "Hello, World! 1.1" || "$h2" != "Hello, World! 2" || "$untrusted" != 60 \
+        || "$after" != "Hello, World!" || "$rc" != 0 || -n "$errs" || -z "$rps" ]]; then
+    fail=1; cat /tmp/zerg-smoke-tls.log
+  fi
+  port=$((port + 1))
+}
+
 check_http raw
 check_http raw --mode reactor --accept per-reactor --reactors 2
 check_http raw --incremental
@@ -65,4 +90,12 @@ check_echo echo --mode reactor --incremental
 for ex in pipereader stream hyper codec; do
   [[ -x "$bin/$ex" ]] && check_http "$ex"
 done
+if [[ -x "$bin/tls" ]]; then
+  check_https
+  check_https --mode reactor --accept per-reactor --reactors 2
+fi
+if [[ -x "$bin/axum" ]]; then
+  check_http axum
+  check_http axum --mode reactor --accept per-reactor --reactors 2
+fi
 exit $fail

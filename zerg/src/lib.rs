@@ -61,6 +61,7 @@
 //! - Adapters: [`ConnectionReader`] (zero-copy reads with partial consumption) and
 //!   `ConnectionStream` (`tokio::io` / `futures_io` `AsyncRead` + `AsyncWrite`, for hyper and
 //!   tokio-util codecs; features `tokio` / `futures-io`).
+//! - axum: `axum::Listener` (feature `axum`) for `axum::serve` on zerg connections.
 //! - Configuration: [`EngineOptions`], [`ReactorConfig`], [`AcceptorConfig`], [`IpVersion`],
 //!   [`AcceptMode`].
 //!
@@ -103,6 +104,13 @@ pub use error::{CloseReason, ConfigError, Error, Result};
 pub use io::ConnectionStream;
 pub use io::{ConnectionReader, ReaderRead, ReaderResult};
 pub use ring::token::ConnectionId;
+
+/// axum on zerg (feature `axum`): [`Listener`](axum::Listener) makes an [`Engine`] an
+/// `axum::serve::Listener`.
+#[cfg(feature = "axum")]
+pub mod axum {
+    pub use crate::io::axum::Listener;
+}
 pub use stats::{AcceptorStats, EngineStats, ReactorStats};
 pub use task::{JoinHandle, spawn_local};
 

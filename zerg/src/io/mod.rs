@@ -5,10 +5,14 @@
 //! - [`ConnectionStream`] (C# zerg: `ConnectionStream`): `tokio::io::{AsyncRead, AsyncWrite}`
 //!   and `futures_io::{AsyncRead, AsyncWrite}`, one copy per read; hyper and tokio-util codecs
 //!   run on it.
+//! - [`axum::Listener`](crate::axum::Listener) (feature `axum`): an engine as an
+//!   `axum::serve::Listener`, its connections `ConnectionStream`s.
 //!
-//! Both keep the unconsumed bytes in the receive buffers they came in ([`Inbound`]) and hand
+//! The reader and the stream keep the unconsumed bytes in the receive buffers they came in ([`Inbound`]) and hand
 //! buffers back to the kernel as soon as everything in them is consumed.
 
+#[cfg(feature = "axum")]
+pub(crate) mod axum;
 mod reader;
 #[cfg(any(feature = "tokio", feature = "futures-io", feature = "hyper"))]
 mod stream;

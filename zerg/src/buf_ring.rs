@@ -9,7 +9,7 @@
 //! - [`BufRing`]: the ring of `io_uring_buf` entries the kernel consumes from its head while the
 //!   reactor appends at the tail. Only the reactor thread touches it.
 //!
-//! Index math (DESIGN §3 rule 2): a returned buffer is written at `local_tail & mask`, the tail
+//! Index math (docs/architecture.md, rule 2): a returned buffer is written at `local_tail & mask`, the tail
 //! advances by one per buffer, and [`BufRing::publish`] stores the new tail with `Release`.
 //! Every bid is in the ring at most once: its state says whether the kernel or zerg owns it, and a
 //! completion that names a bid zerg holds is reported as [`BidError`] (the reactor then fails
@@ -417,7 +417,7 @@ mod tests {
 
     #[test]
     fn out_of_order_returns_never_hand_out_a_held_buffer() {
-        // DESIGN §3 rule 2. With the C# index math (absolute counter as offset) the fake kernel
+        // docs/architecture.md, rule 2. With the C# index math (absolute counter as offset) the fake kernel
         // soon reads a stale slot and `on_recv` reports a held bid.
         for &size in &[4u16, 8, 64] {
             let mut ring = BufRing::new(size, 64, 0, false).unwrap();

@@ -54,7 +54,7 @@ pub enum AcceptMode {
     PerReactor,
 }
 
-/// Top-level engine configuration (the seed's `EngineOptions`).
+/// Top-level engine configuration (C# zerg: `EngineOptions`).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct EngineOptions {
@@ -219,7 +219,7 @@ pub enum TokioContext {
     Handle(tokio::runtime::Handle),
 }
 
-/// Configuration of one reactor (the seed's `ReactorConfig`).
+/// Configuration of one reactor (C# zerg: `ReactorConfig`).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ReactorConfig {
@@ -438,7 +438,7 @@ impl Default for ReactorConfig {
     }
 }
 
-/// Configuration of the acceptor thread (the seed's `AcceptorConfig`).
+/// Configuration of the acceptor thread (C# zerg: `AcceptorConfig`).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct AcceptorConfig {

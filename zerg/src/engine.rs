@@ -52,8 +52,8 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Binds, starts the acceptor and the reactors, and returns once all of them run (the
-    /// seed's `new Engine(options)` + `Listen()`). Connections are then taken with
+    /// Binds, starts the acceptor and the reactors, and returns once all of them run (C# zerg:
+    /// `new Engine(options)` + `Listen()`). Connections are then taken with
     /// [`accept`](Self::accept).
     ///
     /// # Errors
@@ -307,7 +307,7 @@ impl Engine {
         self.reactor_count
     }
 
-    /// Waits for the next connection, from any reactor (the seed's `AcceptAsync`). Works from any
+    /// Waits for the next connection, from any reactor (C# zerg: `AcceptAsync`). Works from any
     /// async runtime. Returns `None` once the engine stopped (or in [`serve`](Self::serve) mode).
     pub async fn accept(&self) -> Option<Connection> {
         self.accept_rx.recv().await.ok()

@@ -29,8 +29,8 @@ use crate::ring::token::ConnectionId;
 /// closes the connection (the reactor cancels what is in flight, waits for the kernel to finish,
 /// then closes the descriptor), discarding bytes written but not flushed.
 ///
-/// Reading: [`read`](Self::read) returns a [`ReadSnapshot`] of everything received so far (the
-/// seed's `ReadAsync`). Writing: [`write`](Self::write) (or [`get_span`](Self::get_span) +
+/// Reading: [`read`](Self::read) returns a [`ReadSnapshot`] of everything received so far (C# zerg:
+/// `ReadAsync`). Writing: [`write`](Self::write) (or [`get_span`](Self::get_span) +
 /// [`advance`](Self::advance), [`std::io::Write`], [`bytes::BufMut`]) stages bytes,
 /// [`flush`](Self::flush) sends them.
 pub struct Connection {
@@ -46,13 +46,13 @@ impl Connection {
         }
     }
 
-    /// The socket's file descriptor (the seed's `ClientFd`). It stays owned by zerg: valid while
+    /// The socket's file descriptor (C# zerg: `ClientFd`). It stays owned by zerg: valid while
     /// this handle lives and the engine runs; do not close it or read from it directly.
     pub fn fd(&self) -> RawFd {
         self.shared.fd
     }
 
-    /// Index of the reactor that owns this connection (the seed's `Reactor`).
+    /// Index of the reactor that owns this connection (C# zerg: `Reactor`).
     pub fn reactor(&self) -> usize {
         self.shared.reactor.index
     }

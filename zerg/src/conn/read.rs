@@ -15,7 +15,7 @@ use super::{ConnShared, Connection};
 
 impl Connection {
     /// Waits until bytes arrived or the connection closed, then takes everything received so far
-    /// as one [`ReadSnapshot`] (the seed's `ReadAsync` + `GetAllSnapshotRings`).
+    /// as one [`ReadSnapshot`] (C# zerg: `ReadAsync` + `GetAllSnapshotRings`).
     ///
     /// Bytes that arrived before the peer closed are always delivered before the closed snapshot.
     /// The snapshot owns its receive buffers and hands them back to the kernel when dropped (or
@@ -114,7 +114,7 @@ impl Connection {
     }
 }
 
-/// Everything a connection had received when [`Connection::read`] returned (the seed's
+/// Everything a connection had received when [`Connection::read`] returned (C# zerg:
 /// `RingSnapshot`), or the news that it is closed.
 ///
 /// The snapshot holds its receive buffers: they stay out of the kernel's hands, and readable,
@@ -170,13 +170,13 @@ impl ReadSnapshot {
         unsafe { shared.reactor.pool.slice(item) }
     }
 
-    /// The received bytes, one slice per receive buffer, in order (the seed's
+    /// The received bytes, one slice per receive buffer, in order (C# zerg:
     /// `GetAllSnapshotRingsAsUnmanagedMemory`).
     pub fn buffers(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
         self.live().iter().map(move |i| self.slice(i))
     }
 
-    /// All received bytes as one multi-segment [`Sequence`] (the seed's `ToReadOnlySequence`),
+    /// All received bytes as one multi-segment [`Sequence`] (C# zerg: `ToReadOnlySequence`),
     /// good for parsing across buffer boundaries.
     pub fn sequence(&self) -> Sequence<'_> {
         Sequence::new(self)
@@ -191,7 +191,7 @@ impl ReadSnapshot {
         v
     }
 
-    /// Takes the next receive buffer for low-level processing (the seed's `TryGetRing`). The
+    /// Takes the next receive buffer for low-level processing (C# zerg: `TryGetRing`). The
     /// item returns its buffer to the kernel when dropped or [`returned`](RingItem::return_ring);
     /// take the next one after that.
     pub fn try_get_ring(&mut self) -> Option<RingItem<'_>> {
@@ -203,7 +203,7 @@ impl ReadSnapshot {
         })
     }
 
-    /// Hands every buffer back to the kernel now (the seed's `ReturnRingBuffers`); same as
+    /// Hands every buffer back to the kernel now (C# zerg: `ReturnRingBuffers`); same as
     /// dropping the snapshot.
     pub fn release(self) {}
 
@@ -303,7 +303,7 @@ impl fmt::Debug for ReadSnapshot {
     }
 }
 
-/// One receive buffer taken from a snapshot (the seed's `RingItem`).
+/// One receive buffer taken from a snapshot (C# zerg: `RingItem`).
 ///
 /// The bytes are readable through [`as_slice`](Self::as_slice) while the item lives; dropping it
 /// or calling [`return_ring`](Self::return_ring) hands the buffer back to the kernel, after which
@@ -319,13 +319,13 @@ impl RingItem<'_> {
         self.snapshot.slice(&self.item)
     }
 
-    /// Pointer to the first byte (the seed's `Ptr`). Reading through it is `unsafe` and only
+    /// Pointer to the first byte (C# zerg: `Ptr`). Reading through it is `unsafe` and only
     /// valid while this item lives.
     pub fn ptr(&self) -> *const u8 {
         self.as_slice().as_ptr()
     }
 
-    /// Number of bytes received (the seed's `Length`).
+    /// Number of bytes received (C# zerg: `Length`).
     pub fn len(&self) -> usize {
         self.item.len as usize
     }
@@ -335,12 +335,12 @@ impl RingItem<'_> {
         self.item.len == 0
     }
 
-    /// The kernel's buffer id (the seed's `BufferId`).
+    /// The kernel's buffer id (C# zerg: `BufferId`).
     pub fn buffer_id(&self) -> u16 {
         self.item.bid
     }
 
-    /// Hands the buffer back to the kernel (the seed's `ReturnRing`); same as dropping the item.
+    /// Hands the buffer back to the kernel (C# zerg: `ReturnRing`); same as dropping the item.
     pub fn return_ring(self) {}
 }
 
@@ -361,7 +361,7 @@ impl fmt::Debug for RingItem<'_> {
     }
 }
 
-/// A read-only, multi-segment view of received bytes (the seed's `ReadOnlySequence<byte>`).
+/// A read-only, multi-segment view of received bytes (C# zerg: `ReadOnlySequence<byte>`).
 ///
 /// Implements [`bytes::Buf`], so it can be consumed with `get_u8`, `copy_to_slice` and friends;
 /// [`position_of`](Self::position_of) and [`slice`](Self::slice) help find message boundaries

@@ -69,7 +69,7 @@ impl WriteBuf {
 }
 
 impl Connection {
-    /// Stages `data` for sending (the seed's `Write`). Nothing reaches the peer until
+    /// Stages `data` for sending (C# zerg: `Write`). Nothing reaches the peer until
     /// [`flush`](Self::flush).
     ///
     /// # Errors
@@ -127,7 +127,7 @@ impl Connection {
     }
 
     /// A span of at least `size_hint` bytes (at least 1) to write into directly; commit what was
-    /// written with [`advance`](Self::advance) (the seed's `IBufferWriter.GetSpan`). The span's
+    /// written with [`advance`](Self::advance) (C# zerg: `IBufferWriter.GetSpan`). The span's
     /// initial contents are unspecified (zeroes or earlier bytes).
     pub fn get_span(&mut self, size_hint: usize) -> &mut [u8] {
         let want = self.wbuf.len + size_hint.max(1);
@@ -162,7 +162,7 @@ impl Connection {
         Ok(())
     }
 
-    /// Sends everything staged and waits until the kernel took all of it (the seed's
+    /// Sends everything staged and waits until the kernel took all of it (C# zerg:
     /// `FlushAsync`). Partial sends are resubmitted by the reactor. A flush with nothing staged
     /// still waits for earlier flushes that are in progress.
     ///

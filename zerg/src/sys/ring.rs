@@ -30,7 +30,7 @@ pub(crate) fn build(spec: &RingSpec, who: &str) -> Result<IoUring> {
     }
     if spec.defer_taskrun {
         // TASKRUN_FLAG makes the kernel flag pending deferred work in the SQ ring, which the
-        // io-uring crate turns into GETEVENTS on every submit (DESIGN §3 rule 12).
+        // io-uring crate turns into GETEVENTS on every submit (docs/architecture.md, rule 12).
         b.setup_defer_taskrun().setup_taskrun_flag();
     }
     if spec.sqpoll {

@@ -65,6 +65,24 @@ pub enum Error {
         available: usize,
     },
 
+    /// A message grew past a bound before it was complete: a
+    /// [`ConnectionReader`](crate::ConnectionReader) that examined every byte it holds without
+    /// consuming any, at its message limit or at the connection's receive bound (where no more
+    /// bytes can arrive until some are consumed). Its bytes were discarded; close the
+    /// connection (or answer the peer, e.g. HTTP 413/431, then close).
+    #[error(
+        "message too large: {held} bytes held without a complete message; the bound is {limit} \
+         bytes (raise {setting})"
+    )]
+    MessageTooLarge {
+        /// Bytes the incomplete message had when the reader gave up.
+        held: usize,
+        /// The bound that was reached, in bytes.
+        limit: usize,
+        /// The setting that sets the bound.
+        setting: &'static str,
+    },
+
     /// A send made no progress within `ReactorConfig::write_timeout`; the connection was closed.
     #[error("send timed out")]
     TimedOut,
@@ -96,6 +114,7 @@ impl From<Error> for io::Error {
     fn from(err: Error) -> Self {
         let kind = match &err {
             Error::Config(_) | Error::AdvanceOutOfRange { .. } => io::ErrorKind::InvalidInput,
+            Error::MessageTooLarge { .. } => io::ErrorKind::InvalidData,
             Error::Io { source, .. } | Error::Unsupported { source, .. } => source.kind(),
             Error::Closed(reason) => reason.io_kind(),
             Error::WriteBufferFull { .. } => io::ErrorKind::WouldBlock,

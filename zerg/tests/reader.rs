@@ -492,3 +492,84 @@ fn send_in_pieces(server: &TestServer, data: &[u8], cuts: &[(usize, bool)]) -> V
     writer.join().unwrap();
     out
 }
+
+/// Waits for a line that never ends; reports how the reader ended and closes with a message.
+async fn line_reader(conn: Connection, max_message: Option<usize>) {
+    let mut reader = ConnectionReader::new(conn);
+    if let Some(m) = max_message {
+        reader = reader.with_max_message(m);
+    }
+    loop {
+        let mut result = reader.read().await;
+        if let Some(e) = result.error() {
+            let line = format!("error: {e}\n");
+            let mut conn = reader.complete();
+            // Answer, send FIN, and drain what the peer still sends (a lingering close: closing
+            // with unread bytes would reset the connection and could destroy the answer).
+            if conn.write(line.as_bytes()).is_ok() && conn.shutdown().await.is_ok() {
+                while !conn.read().await.is_closed() {}
+            }
+            return;
+        }
+        if result.is_completed() {
+            return;
+        }
+        let len = result.buffer().len();
+        // No newline expected: examine everything, consume nothing.
+        if result.buffer().position_of(b"\n").is_some() {
+            return;
+        }
+        reader.advance_to(0, len);
+    }
+}
+
+/// Sends `total` bytes without a newline (stopping if the server closes) and returns what the
+/// server answered.
+fn flood_without_newline(server: &TestServer, total: usize) -> String {
+    let mut c = server.connect();
+    let chunk = vec![b'a'; 16 * 1024];
+    let mut sent = 0;
+    while sent < total {
+        if c.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn a_message_past_the_receive_bound_ends_with_message_too_large_not_a_stall() {
+    each_mode(|mode, incremental| {
+        let server = TestServer::start(mode, options(1, incremental), |c| line_reader(c, None));
+        let answer = flood_without_newline(&server, 4 << 20);
+        assert!(
+            answer.starts_with("error: message too large")
+                && answer.contains("max_buffers_per_connection"),
+            "{mode:?} incremental {incremental}: {answer:?}"
+        );
+        server.assert_quiescent();
+        server.stop();
+    });
+}
+
+#[test]
+fn a_message_past_the_readers_limit_ends_with_message_too_large() {
+    each_mode(|mode, incremental| {
+        let server = TestServer::start(mode, options(1, incremental), |c| {
+            line_reader(c, Some(10_000))
+        });
+        let answer = flood_without_newline(&server, 64 * 1024);
+        assert!(
+            answer.starts_with("error: message too large")
+                && answer.contains("with_max_message")
+                && answer.contains("10000"),
+            "{mode:?} incremental {incremental}: {answer:?}"
+        );
+        server.assert_quiescent();
+        server.stop();
+    });
+}

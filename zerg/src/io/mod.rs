@@ -55,6 +55,11 @@ impl Inbound {
         self.len
     }
 
+    /// Receive buffers (pieces, in incremental mode) the unconsumed bytes occupy.
+    pub(crate) fn pieces(&self) -> usize {
+        self.held.buffer_count()
+    }
+
     pub(crate) fn end(&self) -> Option<CloseReason> {
         self.end
     }

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use super::Inbound;
 use crate::conn::{Connection, Sequence};
-use crate::error::CloseReason;
+use crate::error::{CloseReason, Error};
 
 /// Zero-copy reader with partial consumption (C# zerg: `ConnectionPipeReader`).
 ///
@@ -40,9 +40,12 @@ use crate::error::CloseReason;
 ///
 /// Unconsumed bytes keep their receive buffers out of the ring. A connection holding
 /// [`max_buffers_per_connection`](crate::ReactorConfig::max_buffers_per_connection) buffers
-/// (pieces, in incremental mode) stops receiving until some are consumed, so a reader that waits
-/// for a message larger than `max_buffers_per_connection × recv_buffer_size` waits forever.
-/// Consume what you can, or copy a large message aside and consume it.
+/// (pieces, in incremental mode) stops receiving until some are consumed. A reader that examined
+/// everything it holds at that bound, and asks for more, would wait forever: instead its `read`
+/// ends with [`Error::MessageTooLarge`] ([`ReaderResult::error`]) naming the bound, and the held
+/// buffers go back to the kernel. [`with_max_message`](Self::with_max_message) sets a smaller,
+/// application-level bound. To take messages larger than the receive bound, consume what you
+/// can (or copy a large message aside and consume it).
 ///
 /// # Example
 ///
@@ -87,6 +90,10 @@ pub struct ConnectionReader {
     inbound: Inbound,
     /// The last view was examined to its end: the next read waits for new bytes.
     wait: bool,
+    /// Most unconsumed bytes an incomplete message may reach.
+    max_message: Option<usize>,
+    /// The message grew past a bound: reading is over.
+    too_large: Option<Error>,
     conn: Connection,
 }
 
@@ -96,8 +103,22 @@ impl ConnectionReader {
         ConnectionReader {
             inbound: Inbound::new(),
             wait: false,
+            max_message: None,
+            too_large: None,
             conn,
         }
+    }
+
+    /// Sets the largest message the application accepts, in bytes: once the reader holds
+    /// `limit` unconsumed bytes that were all examined (an incomplete message that large), the
+    /// next [`read`](Self::read) ends reading with [`Error::MessageTooLarge`] instead of waiting
+    /// for more. Without it, the bound is the connection's receive bound
+    /// ([`max_buffers_per_connection`](crate::ReactorConfig::max_buffers_per_connection)
+    /// buffers), past which no more bytes could arrive.
+    #[must_use]
+    pub fn with_max_message(mut self, limit: usize) -> Self {
+        self.max_message = Some(limit);
+        self
     }
 
     /// Waits until there is something new to look at, then returns the view of every byte
@@ -121,21 +142,64 @@ impl ConnectionReader {
 
     /// Takes what arrived; `Ready` when there is a view to return.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.too_large.is_some() {
+            return Poll::Ready(());
+        }
         let must_wait = self.wait || self.inbound.len() == 0;
         match self.inbound.poll_more(&mut self.conn, cx) {
             Poll::Ready(()) => {}
-            Poll::Pending if must_wait => return Poll::Pending,
+            Poll::Pending if must_wait => {
+                // Waiting for the rest of a message that can never come, or may not?
+                if self.over_bound(true) {
+                    return Poll::Ready(());
+                }
+                return Poll::Pending;
+            }
             Poll::Pending => {}
+        }
+        if must_wait && self.over_bound(false) {
+            return Poll::Ready(());
         }
         // Until told otherwise by `advance_to`, this view counts as examined to its end.
         self.wait = true;
         Poll::Ready(())
     }
 
+    /// The application examined every unconsumed byte and wants more: past the message limit,
+    /// or (`stalled`, no bytes came) holding the connection's whole receive bound, reading ends
+    /// with [`Error::MessageTooLarge`] and the held buffers go back to the kernel.
+    fn over_bound(&mut self, stalled: bool) -> bool {
+        let held = self.inbound.len();
+        let shared = &self.conn.shared.reactor;
+        let error = if self.max_message.is_some_and(|m| held >= m) {
+            Error::MessageTooLarge {
+                held,
+                limit: self.max_message.unwrap_or_default(),
+                setting: "ConnectionReader::with_max_message",
+            }
+        } else if stalled
+            && self.inbound.end().is_none()
+            && self.inbound.pieces() >= shared.max_held as usize
+        {
+            Error::MessageTooLarge {
+                held,
+                limit: shared.max_held as usize * shared.buf_size as usize,
+                setting: "ReactorConfig::max_buffers_per_connection",
+            }
+        } else {
+            return false;
+        };
+        tracing::debug!(reactor = shared.index, slot = self.conn.id().slot(), %error, "reader gave up");
+        self.inbound.consume(held);
+        self.too_large = Some(error);
+        true
+    }
+
     fn result(&mut self) -> ReaderResult<'_> {
         ReaderResult {
             buffer: self.inbound.view(),
             end: self.inbound.end(),
+            error: self.too_large.as_ref(),
             conn: &mut self.conn,
         }
     }
@@ -229,6 +293,7 @@ impl fmt::Debug for ReaderRead<'_> {
 pub struct ReaderResult<'a> {
     buffer: Sequence<'a>,
     end: Option<CloseReason>,
+    error: Option<&'a Error>,
     conn: &'a mut Connection,
 }
 
@@ -239,10 +304,17 @@ impl<'a> ReaderResult<'a> {
         self.buffer.clone()
     }
 
-    /// Whether the connection is closed for reading (C# zerg: `IsCompleted`): no more bytes
-    /// will come; [`buffer`](Self::buffer) holds what was left unconsumed.
+    /// Whether reading is over (C# zerg: `IsCompleted`): the connection is closed for reading
+    /// ([`buffer`](Self::buffer) holds what was left unconsumed), or the message grew past a
+    /// bound ([`error`](Self::error)).
     pub fn is_completed(&self) -> bool {
-        self.end.is_some()
+        self.end.is_some() || self.error.is_some()
+    }
+
+    /// Why reading ended early: [`Error::MessageTooLarge`] when a message grew past the reader's
+    /// limit or the connection's receive bound (its bytes were discarded). `None` otherwise.
+    pub fn error(&self) -> Option<&'a Error> {
+        self.error
     }
 
     /// Why the connection closed, once it is completed.

@@ -302,6 +302,10 @@ impl Reactor {
             bufs.pool().clone(),
             ring.raw_fd(),
             config.max_write_buffer,
+            (
+                config.effective_max_buffers_per_connection(),
+                config.recv_buffer_size,
+            ),
             eventfd,
             max_conns,
             config.read_timeout.is_some(),

@@ -27,6 +27,10 @@ pub(crate) struct ReactorShared {
     /// The reactor ring's descriptor, for MSG_RING hand-offs.
     pub(crate) ring_fd: RawFd,
     pub(crate) max_write_buffer: usize,
+    /// Most pieces one connection may hold before its receive pauses, and the bytes per
+    /// receive buffer: what a reader that never lets go can reach.
+    pub(crate) max_held: u32,
+    pub(crate) buf_size: u32,
     notifier: Notifier<EventFd>,
     /// Tokens of connections with requests, from other threads. Each connection is queued at most
     /// once at a time, so the capacity (max connections + slack) is never exceeded in practice;
@@ -53,6 +57,7 @@ impl ReactorShared {
         pool: Arc<BufPool>,
         ring_fd: RawFd,
         max_write_buffer: usize,
+        (max_held, buf_size): (u32, u32),
         wake: EventFd,
         max_conns: usize,
         stamp_reads: bool,
@@ -62,6 +67,8 @@ impl ReactorShared {
             pool,
             ring_fd,
             max_write_buffer,
+            max_held,
+            buf_size,
             notifier: Notifier::new(wake),
             remote: ArrayQueue::new(max_conns + 64),
             overflow: Mutex::new(Vec::new()),

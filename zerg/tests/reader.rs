@@ -500,7 +500,7 @@ async fn line_reader(conn: Connection, max_message: Option<usize>) {
         reader = reader.with_max_message(m);
     }
     loop {
-        let mut result = reader.read().await;
+        let result = reader.read().await;
         if let Some(e) = result.error() {
             let line = format!("error: {e}\n");
             let mut conn = reader.complete();

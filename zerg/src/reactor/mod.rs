@@ -301,14 +301,8 @@ impl Reactor {
             index,
             bufs.pool().clone(),
             ring.raw_fd(),
-            config.max_write_buffer,
-            (
-                config.effective_max_buffers_per_connection(),
-                config.recv_buffer_size,
-            ),
             eventfd,
-            max_conns,
-            config.read_timeout.is_some(),
+            &config,
         ));
         let stats = ReactorStats {
             buffers_total: u64::from(bufs.total()),

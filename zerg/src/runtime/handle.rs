@@ -17,6 +17,7 @@ use super::timers::{Clock, Timers};
 use super::wake::Notifier;
 use super::{executor, local};
 use crate::buf_ring::BufPool;
+use crate::config::ReactorConfig;
 use crate::stats::ReactorStatsCell;
 use crate::sys::EventFd;
 
@@ -56,28 +57,25 @@ impl ReactorShared {
         index: usize,
         pool: Arc<BufPool>,
         ring_fd: RawFd,
-        max_write_buffer: usize,
-        (max_held, buf_size): (u32, u32),
         wake: EventFd,
-        max_conns: usize,
-        stamp_reads: bool,
+        config: &ReactorConfig,
     ) -> Self {
         Self {
             index,
             pool,
             ring_fd,
-            max_write_buffer,
-            max_held,
-            buf_size,
+            max_write_buffer: config.max_write_buffer,
+            max_held: config.effective_max_buffers_per_connection(),
+            buf_size: config.recv_buffer_size,
             notifier: Notifier::new(wake),
-            remote: ArrayQueue::new(max_conns + 64),
+            remote: ArrayQueue::new(config.max_connections_per_reactor as usize + 64),
             overflow: Mutex::new(Vec::new()),
             remote_runnables: Mutex::new(Vec::new()),
             stop: Mutex::new(None),
             hint: AtomicBool::new(false),
             clock: Clock::new(),
             timers: Timers::default(),
-            stamp_reads,
+            stamp_reads: config.read_timeout.is_some(),
             stats: ReactorStatsCell::default(),
             exited: AtomicBool::new(false),
         }

@@ -61,6 +61,9 @@
 //! - Adapters: [`ConnectionReader`] (zero-copy reads with partial consumption, the seed's
 //!   `ConnectionPipeReader`) and `ConnectionStream` (`tokio::io` / `futures_io` `AsyncRead` +
 //!   `AsyncWrite`, for hyper and tokio-util codecs; features `tokio` / `futures-io`).
+//! - Outbound connections: [`connect`] / [`connect_timeout`] / [`adopt`] on the calling task's
+//!   reactor (thread-per-core handlers), [`Engine::connect`] / [`Engine::adopt`] from anywhere;
+//!   the result is a [`Connection`] like an accepted one.
 //! - Configuration: [`EngineOptions`], [`ReactorConfig`], [`AcceptorConfig`], [`IpVersion`],
 //!   [`AcceptMode`].
 //!
@@ -77,6 +80,7 @@ mod engine;
 mod error;
 mod io;
 mod lifecycle;
+mod net;
 mod reactor;
 mod ring;
 mod runtime;
@@ -93,6 +97,7 @@ pub use error::{CloseReason, ConfigError, Error, Result};
 #[cfg(any(feature = "tokio", feature = "futures-io"))]
 pub use io::ConnectionStream;
 pub use io::{ConnectionReader, ReaderRead, ReaderResult};
+pub use net::{Connect, adopt, connect, connect_timeout};
 pub use ring::token::ConnectionId;
 pub use stats::{AcceptorStats, EngineStats, ReactorStats};
 

@@ -4,12 +4,16 @@
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use super::connect::Connecting;
 use crate::conn::ConnShared;
 use crate::ring::SendBuf;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Life {
+    /// An outbound connect is in flight ([`Conn::connect`]); nothing else is armed and no handle
+    /// exists yet (the future waiting for it is the "handle").
+    Connecting,
     /// Receiving and sending.
     Open,
     /// Failed (reset, socket error, write timeout): no receive is armed again and the handle has
@@ -59,6 +63,8 @@ pub(super) struct Conn {
     pub(super) send_timed_out: bool,
     /// The handle asked for a shutdown of the write side, to happen once `send` is empty.
     pub(super) shutdown_pending: bool,
+    /// The outbound connect, while it or its linked timeout is in flight.
+    pub(super) connect: Option<Box<Connecting>>,
 }
 
 impl Conn {
@@ -75,6 +81,7 @@ impl Conn {
             batch_seq: 0,
             send_timed_out: false,
             shutdown_pending: false,
+            connect: None,
         }
     }
 

@@ -57,6 +57,10 @@ pub(crate) enum Kind {
     SendTimeout = 18,
     /// Cancellation issued for a connection (its own completion).
     Cancel = 19,
+    /// Outbound connect of a connection.
+    Connect = 20,
+    /// Linked timeout on an outbound connect.
+    ConnectTimeout = 21,
     /// Acceptor: a hand-off that failed (slot holds the fd).
     HandOff = 32,
 }
@@ -74,6 +78,8 @@ impl Kind {
             17 => Kind::Send,
             18 => Kind::SendTimeout,
             19 => Kind::Cancel,
+            20 => Kind::Connect,
+            21 => Kind::ConnectTimeout,
             32 => Kind::HandOff,
             _ => return None,
         })
@@ -120,7 +126,14 @@ mod tests {
             slot: 0xdead_beef,
             generation: 0x00ab_cdef,
         };
-        for kind in [Kind::Recv, Kind::Send, Kind::Cancel, Kind::SendTimeout] {
+        for kind in [
+            Kind::Recv,
+            Kind::Send,
+            Kind::Cancel,
+            Kind::SendTimeout,
+            Kind::Connect,
+            Kind::ConnectTimeout,
+        ] {
             let t = Token::decode(Token::conn(kind, id)).unwrap();
             assert_eq!(t, Token { kind, id });
         }

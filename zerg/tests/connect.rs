@@ -195,7 +195,7 @@ fn connect_on_the_reactor_gives_a_full_connection() {
         r.live_connections(),
         open_fds()
     );
-    assert_eq!(up.finished.load(std::sync::atomic::Ordering::Acquire), 2);
+    assert_eq!(up.finished(), 2);
     r.stop();
 }
 

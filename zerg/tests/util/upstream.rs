@@ -9,20 +9,19 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// A TCP echo server: writes back every byte; when the client half-closes, finishes sending,
-/// then half-closes too.
-pub struct Echo {
+/// A server running `handler` on a thread per connection.
+pub struct Upstream {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
     /// Connections accepted so far.
     pub accepted: Arc<AtomicUsize>,
-    /// Connections whose client half-closed (EOF seen) and that echoed everything before it.
+    /// Handlers that returned `true` (did everything they expected to).
     pub finished: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Echo {
-    pub fn start() -> Echo {
+impl Upstream {
+    pub fn start(handler: fn(TcpStream) -> bool) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -39,15 +38,23 @@ impl Echo {
                     }
                     let Ok(conn) = conn else { continue };
                     a.fetch_add(1, Ordering::AcqRel);
+                    conn.set_read_timeout(Some(Duration::from_secs(30)))
+                        .unwrap();
+                    conn.set_write_timeout(Some(Duration::from_secs(30)))
+                        .unwrap();
                     let f = f.clone();
-                    workers.push(std::thread::spawn(move || echo_one(conn, &f)));
+                    workers.push(std::thread::spawn(move || {
+                        if handler(conn) {
+                            f.fetch_add(1, Ordering::AcqRel);
+                        }
+                    }));
                 }
                 for w in workers {
                     let _ = w.join();
                 }
             })
             .unwrap();
-        Echo {
+        Upstream {
             addr,
             stop,
             accepted,
@@ -55,36 +62,45 @@ impl Echo {
             thread: Some(thread),
         }
     }
-}
 
-fn echo_one(mut conn: TcpStream, finished: &AtomicUsize) {
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match conn.read(&mut buf) {
-            Ok(0) => {
-                let _ = conn.shutdown(Shutdown::Write);
-                finished.fetch_add(1, Ordering::AcqRel);
-                return;
-            }
-            Ok(n) => {
-                if conn.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(_) => return,
-        }
+    pub fn finished(&self) -> usize {
+        self.finished.load(Ordering::Acquire)
     }
 }
 
-impl Drop for Echo {
+impl Drop for Upstream {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         // Wakes the blocking accept.
         let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// A TCP echo server: writes back every byte; when the client half-closes, finishes sending,
+/// then half-closes too (counted as finished).
+pub struct Echo;
+
+impl Echo {
+    #[allow(clippy::new_ret_no_self)]
+    pub fn start() -> Upstream {
+        Upstream::start(echo_one)
+    }
+}
+
+fn echo_one(mut conn: TcpStream) -> bool {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return conn.shutdown(Shutdown::Write).is_ok(),
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return false;
+                }
+            }
+            Err(_) => return false,
         }
     }
 }

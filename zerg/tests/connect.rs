@@ -6,18 +6,18 @@
 //! The tests count the process's open descriptors, so they run one at a time (a lock) when the
 //! harness runs them as threads of one process.
 
+#[path = "util/on_reactor.rs"]
+mod on_reactor;
 #[path = "util/upstream.rs"]
 mod upstream;
 mod util;
 
-use std::collections::VecDeque;
-use std::future::Future;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use on_reactor::{OnReactor, WAIT};
 use upstream::{Blackhole, Echo, closed_port};
 use util::{assert_same, open_fds, options, pattern, wait_until};
 use zerg_uring::{CloseReason, Connection, ConnectionReader, Engine, Error};
@@ -25,81 +25,6 @@ use zerg_uring::{CloseReason, Connection, ConnectionReader, Engine, Error};
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-const WAIT: Duration = Duration::from_secs(10);
-
-type Job = Box<dyn FnOnce(Connection) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
-
-/// A serve-mode engine that runs test tasks on its reactor threads: each task is the handler of
-/// one trigger connection the test opens (and gets that connection).
-struct OnReactor {
-    engine: Option<Engine>,
-    jobs: Arc<Mutex<VecDeque<Job>>>,
-}
-
-impl OnReactor {
-    fn start(reactors: usize) -> OnReactor {
-        let jobs: Arc<Mutex<VecDeque<Job>>> = Arc::default();
-        let j = jobs.clone();
-        let engine = Engine::serve(options(reactors, false), move |conn: Connection| {
-            let job = j.lock().unwrap().pop_front();
-            async move {
-                if let Some(job) = job {
-                    job(conn).await;
-                }
-            }
-        })
-        .expect("engine starts");
-        OnReactor {
-            engine: Some(engine),
-            jobs,
-        }
-    }
-
-    fn engine(&self) -> &Engine {
-        self.engine.as_ref().unwrap()
-    }
-
-    /// Starts `f` on a reactor; its output arrives on the returned channel. The trigger
-    /// connection's client end is returned too (keep it open while the task runs).
-    fn spawn<T, F, Fut>(&self, f: F) -> (mpsc::Receiver<T>, TcpStream)
-    where
-        T: Send + 'static,
-        F: FnOnce(Connection) -> Fut + Send + 'static,
-        Fut: Future<Output = T> + 'static,
-    {
-        let (tx, rx) = mpsc::channel();
-        self.jobs.lock().unwrap().push_back(Box::new(move |conn| {
-            Box::pin(async move {
-                let _ = tx.send(f(conn).await);
-            })
-        }));
-        let client = TcpStream::connect(self.engine().local_addr()).unwrap();
-        (rx, client)
-    }
-
-    /// Runs `f` on a reactor and returns its output.
-    fn run<T, F, Fut>(&self, f: F) -> T
-    where
-        T: Send + 'static,
-        F: FnOnce(Connection) -> Fut + Send + 'static,
-        Fut: Future<Output = T> + 'static,
-    {
-        let (rx, _client) = self.spawn(f);
-        rx.recv_timeout(WAIT)
-            .expect("the task on the reactor finished")
-    }
-
-    fn live_connections(&self) -> u64 {
-        self.engine().stats().total().connections
-    }
-
-    fn stop(mut self) {
-        let engine = self.engine.take().unwrap();
-        engine.stop();
-        engine.join().expect("engine ran without failure");
-    }
 }
 
 fn runtime_engine(reactors: usize) -> (Engine, tokio::runtime::Runtime) {

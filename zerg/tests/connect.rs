@@ -536,3 +536,63 @@ fn concurrent_outbound_connections_keep_their_bytes_apart() {
     let mut buf = [0u8; 8];
     s.read_exact(&mut buf).unwrap();
 }
+
+/// Outbound connections count against `max_connections_per_reactor`: past it, a connect is
+/// refused with an error that says so, and nothing is left open.
+#[test]
+fn connects_past_the_connection_limit_are_refused() {
+    let _g = serial();
+    let up = Echo::start();
+    let addr = up.addr;
+    let mut opts = options(1, false);
+    opts.reactor_configs[0].max_connections_per_reactor = 2;
+    let r = OnReactor::with_options(opts);
+    let (first, second) = r.run(move |trigger| async move {
+        // The trigger connection is one of the two.
+        let _trigger = trigger;
+        let first = zerg_uring::connect(addr).await;
+        let second = zerg_uring::connect(addr).await.map(drop);
+        (first.map(drop), second)
+    });
+    first.expect("the second connection fits");
+    let e = second.expect_err("a third does not");
+    assert!(
+        matches!(&e, Error::Connect { addr: a, .. } if *a == addr),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("max_connections_per_reactor (2)"),
+        "{e}"
+    );
+    assert!(wait_until(WAIT, || r.live_connections() == 0));
+    r.stop();
+}
+
+/// IPv6 loopback works the same (skipped, loudly, where the host has no `::1`).
+#[test]
+fn connect_over_ipv6_loopback() {
+    let _g = serial();
+    let listener = match std::net::TcpListener::bind("[::1]:0") {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("SKIPPED connect_over_ipv6_loopback: no IPv6 loopback here ({e})");
+            return;
+        }
+    };
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().unwrap();
+        s.write_all(b"six").unwrap();
+        peer
+    });
+    let r = OnReactor::start(1);
+    let (got, local) = r.run(move |_| async move {
+        let mut c = zerg_uring::connect(addr).await.expect("connect to ::1");
+        let snap = c.read().await;
+        (snap.to_vec(), c.peer_addr().unwrap())
+    });
+    assert_eq!(got, b"six");
+    assert_eq!(local, addr);
+    assert!(server.join().unwrap().is_ipv6());
+    r.stop();
+}

@@ -25,19 +25,20 @@ pub struct OnReactor {
 
 impl OnReactor {
     pub fn start(reactors: usize) -> OnReactor {
+        Self::with_options(crate::util::options(reactors, false))
+    }
+
+    pub fn with_options(options: zerg_uring::EngineOptions) -> OnReactor {
         let jobs: Arc<Mutex<VecDeque<Job>>> = Arc::default();
         let j = jobs.clone();
-        let engine = Engine::serve(
-            crate::util::options(reactors, false),
-            move |conn: Connection| {
-                let job = j.lock().unwrap().pop_front();
-                async move {
-                    if let Some(job) = job {
-                        job(conn).await;
-                    }
+        let engine = Engine::serve(options, move |conn: Connection| {
+            let job = j.lock().unwrap().pop_front();
+            async move {
+                if let Some(job) = job {
+                    job(conn).await;
                 }
-            },
-        )
+            }
+        })
         .expect("engine starts");
         OnReactor {
             engine: Some(engine),

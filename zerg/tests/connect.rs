@@ -120,7 +120,7 @@ fn connect_on_the_reactor_gives_a_full_connection() {
         r.live_connections(),
         open_fds()
     );
-    assert_eq!(up.finished(), 2);
+    assert!(wait_until(WAIT, || up.finished() == 2), "{}", up.finished());
     r.stop();
 }
 

@@ -80,6 +80,43 @@ check_https() { # args... (the tls example)
   port=$((port + 1))
 }
 
+check_proxy() { # proxy args...: an echo upstream, the proxy in front, 1 MiB through it
+  local up=$port down=$((port + 1))
+  "$bin/echo" --port "$up" >/tmp/zerg-smoke-upstream.log 2>&1 &
+  local upid=$!
+  "$bin/proxy" --upstream "127.0.0.1:$up" --port "$down" "$@" >/tmp/zerg-smoke-proxy.log 2>&1 &
+  local pid=$!
+  local got
+  got=$(python3 - "$down" <<'PY'
+import socket, sys, time
+port = int(sys.argv[1])
+for _ in range(50):
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5); break
+    except OSError:
+        time.sleep(0.1)
+msg = bytes(range(256)) * 4096  # 1 MiB
+s.sendall(msg)
+s.shutdown(socket.SHUT_WR)  # half-close: the echo finishes, then its FIN comes back
+buf = bytearray()
+while True:
+    chunk = s.recv(65536)
+    if not chunk: break
+    buf += chunk
+print("ok" if bytes(buf) == msg else "mismatch %d" % len(buf))
+PY
+)
+  kill -INT "$pid"
+  local rc=0; wait "$pid" || rc=$?
+  kill -INT "$upid"
+  local urc=0; wait "$upid" || urc=$?
+  printf '%-10s %-40s proxy-1MiB=%-10s exit=%s upstream-exit=%s\n' proxy "$*" "$got" "$rc" "$urc"
+  if [[ "$got" != ok || "$rc" != 0 || "$urc" != 0 ]]; then
+    fail=1; cat /tmp/zerg-smoke-proxy.log /tmp/zerg-smoke-upstream.log
+  fi
+  port=$((port + 2))
+}
+
 check_http raw
 check_http raw --mode reactor --accept per-reactor --reactors 2
 check_http raw --incremental
@@ -87,6 +124,8 @@ check_http sequence
 check_http sqpoll --sq-cpu 0
 check_echo echo
 check_echo echo --mode reactor --incremental
+check_proxy
+check_proxy --mode runtime --reactors 2
 for ex in pipereader stream hyper codec; do
   [[ -x "$bin/$ex" ]] && check_http "$ex"
 done

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,6 +16,8 @@ use crate::config::{AcceptMode, EngineOptions};
 use crate::conn::Connection;
 use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
+use crate::net::{Connect, Job};
+use crate::reactor::outbound::Outbound;
 use crate::reactor::{self, HandlerFactory, Mode, ReactorInit};
 use crate::runtime::executor;
 use crate::stats::EngineStats;
@@ -39,6 +42,9 @@ pub struct Engine {
     /// The tokio runtime zerg started for `TokioContext::Owned`; stopped after the reactors.
     #[cfg(feature = "tokio-context")]
     owned_tokio: Mutex<Option<crate::tokio_context::OwnedRuntime>>,
+    /// Each reactor's inbox for outbound connections, and the next one to use.
+    outbound: Vec<Arc<Outbound>>,
+    next_outbound: AtomicUsize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -232,6 +238,8 @@ impl Engine {
             listeners: Vec::new(),
             #[cfg(feature = "tokio-context")]
             owned_tokio: Mutex::new(tokio.as_mut().and_then(|(_, owned)| owned.take())),
+            outbound: Vec::new(),
+            next_outbound: AtomicUsize::new(0),
         };
 
         let mut reactors = Vec::with_capacity(options.reactor_count);
@@ -247,13 +255,14 @@ impl Engine {
                 tokio: tokio.as_ref().map(|(h, _)| h.clone()),
             };
             match reactor::spawn(init) {
-                Ok((r, thread)) => {
-                    reactors.push(r);
+                Ok(spawned) => {
+                    reactors.push(spawned.shared);
+                    engine.outbound.push(spawned.outbound);
                     engine
                         .threads
                         .get_mut()
                         .unwrap_or_else(|p| p.into_inner())
-                        .push(thread);
+                        .push(spawned.thread);
                 }
                 Err(e) => {
                     shared.set_reactors(reactors);
@@ -311,6 +320,53 @@ impl Engine {
     /// async runtime. Returns `None` once the engine stopped (or in [`serve`](Self::serve) mode).
     pub async fn accept(&self) -> Option<Connection> {
         self.accept_rx.recv().await.ok()
+    }
+
+    /// Opens a TCP connection to `addr` from any thread or runtime: the request goes to the
+    /// engine's reactors in turn (round-robin) through their cross-thread inbox, and the
+    /// connection belongs to that reactor — like an accepted one, usable from anywhere. The
+    /// socket is non-blocking, close-on-exec, with `TCP_NODELAY`. On a reactor thread,
+    /// [`zerg_uring::connect`](crate::connect) keeps the connection on the caller's reactor.
+    ///
+    /// `addr` must be resolved (see [`connect`](crate::connect)). Dropping the future before
+    /// it resolves cancels the attempt.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] naming `addr` with the errno; [`Error::EngineStopped`] when the engine
+    /// stopped or stops first.
+    pub fn connect(&self, addr: impl Into<SocketAddr>) -> Connect {
+        self.outbound_request(Job::connect(addr.into(), None))
+    }
+
+    /// Like [`connect`](Self::connect), giving up after `timeout` with
+    /// [`Error::ConnectTimedOut`] (a timeout linked to the connect in the kernel).
+    ///
+    /// # Errors
+    ///
+    /// As for [`connect`](Self::connect); a zero `timeout` is refused.
+    pub fn connect_timeout(&self, addr: impl Into<SocketAddr>, timeout: Duration) -> Connect {
+        self.outbound_request(Job::connect(addr.into(), Some(timeout)))
+    }
+
+    /// Takes over an already connected `stream` (set non-blocking with `TCP_NODELAY`) as a
+    /// connection of one of the engine's reactors (round-robin). On an error the stream is
+    /// closed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the stream is not connected or cannot be set up;
+    /// [`Error::EngineStopped`].
+    pub fn adopt(&self, stream: std::net::TcpStream) -> Connect {
+        self.outbound_request(Job::Adopt(stream))
+    }
+
+    fn outbound_request(&self, job: Job) -> Connect {
+        if self.outbound.is_empty() {
+            return Connect::failed();
+        }
+        let i = self.next_outbound.fetch_add(1, Ordering::Relaxed) % self.outbound.len();
+        Connect::new(job, Some(self.outbound[i].clone()))
     }
 
     /// Whether the engine still runs (not stopped, no thread failed).

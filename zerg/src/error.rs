@@ -2,6 +2,8 @@
 
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Result alias with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -91,6 +93,38 @@ pub enum Error {
     #[error("engine stopped")]
     EngineStopped,
 
+    /// An outbound connection to `addr` failed: `source` carries the errno (`ECONNREFUSED` for a
+    /// closed port, `ENETUNREACH`, ...) or says why the reactor refused it.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// The address connected to.
+        addr: SocketAddr,
+        /// The operating-system error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// An outbound connection to `addr` was not established within `timeout`
+    /// ([`connect_timeout`](crate::connect_timeout)); the attempt was cancelled.
+    #[error("connect to {addr} timed out after {timeout:?}")]
+    ConnectTimedOut {
+        /// The address connected to.
+        addr: SocketAddr,
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+
+    /// [`connect`](crate::connect) or [`adopt`](crate::adopt) was polled on a thread that does
+    /// not run a reactor.
+    #[error(
+        "zerg_uring::{what} needs a reactor thread: call it from a handler started by \
+         Engine::serve or a task spawned on the reactor, or use Engine::{what}"
+    )]
+    NotOnReactor {
+        /// The function called: `"connect"` or `"adopt"`.
+        what: &'static str,
+    },
+
     /// A reactor thread failed; the engine shut down. The string says what happened.
     #[error("reactor {reactor} failed: {reason}")]
     ReactorFailed {
@@ -118,8 +152,10 @@ impl From<Error> for io::Error {
             Error::Io { source, .. } | Error::Unsupported { source, .. } => source.kind(),
             Error::Closed(reason) => reason.io_kind(),
             Error::WriteBufferFull { .. } => io::ErrorKind::WouldBlock,
-            Error::TimedOut => io::ErrorKind::TimedOut,
+            Error::TimedOut | Error::ConnectTimedOut { .. } => io::ErrorKind::TimedOut,
             Error::EngineStopped | Error::ReactorFailed { .. } => io::ErrorKind::NotConnected,
+            Error::Connect { source, .. } => source.kind(),
+            Error::NotOnReactor { .. } => io::ErrorKind::Unsupported,
         };
         io::Error::new(kind, err)
     }
@@ -218,6 +254,29 @@ mod tests {
         let e: io::Error = Error::io("bind", io::Error::from_raw_os_error(libc::EADDRINUSE)).into();
         assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
         assert!(e.to_string().starts_with("bind: "), "{e}");
+    }
+
+    #[test]
+    fn connect_errors_name_the_address_and_keep_the_errno() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let e = Error::Connect {
+            addr,
+            source: io::Error::from_raw_os_error(libc::ECONNREFUSED),
+        };
+        assert!(e.to_string().starts_with("connect to 127.0.0.1:9: "), "{e}");
+        let e: io::Error = e.into();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        let e = Error::ConnectTimedOut {
+            addr,
+            timeout: Duration::from_millis(250),
+        };
+        assert_eq!(
+            e.to_string(),
+            "connect to 127.0.0.1:9 timed out after 250ms"
+        );
+        assert_eq!(io::Error::from(e).kind(), io::ErrorKind::TimedOut);
+        let e = Error::NotOnReactor { what: "connect" };
+        assert!(e.to_string().contains("Engine::connect"), "{e}");
     }
 
     #[test]

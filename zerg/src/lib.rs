@@ -62,6 +62,9 @@
 //!   `ConnectionStream` (`tokio::io` / `futures_io` `AsyncRead` + `AsyncWrite`, for hyper and
 //!   tokio-util codecs; features `tokio` / `futures-io`).
 //! - axum: `axum::Listener` (feature `axum`) for `axum::serve` on zerg connections.
+//! - Outbound connections: [`connect`] / [`connect_timeout`] / [`adopt`] on the calling task's
+//!   reactor (thread-per-core handlers), [`Engine::connect`] / [`Engine::adopt`] from anywhere;
+//!   the result is a [`Connection`] like an accepted one.
 //! - Configuration: [`EngineOptions`], [`ReactorConfig`], [`AcceptorConfig`], [`IpVersion`],
 //!   [`AcceptMode`].
 //!
@@ -81,6 +84,7 @@ mod error;
 pub mod hyper;
 mod io;
 mod lifecycle;
+mod net;
 mod reactor;
 mod ring;
 mod runtime;
@@ -103,6 +107,7 @@ pub use error::{CloseReason, ConfigError, Error, Result};
 #[cfg(any(feature = "tokio", feature = "futures-io", feature = "hyper"))]
 pub use io::ConnectionStream;
 pub use io::{ConnectionReader, ReaderRead, ReaderResult};
+pub use net::{Connect, adopt, connect, connect_timeout};
 pub use ring::token::ConnectionId;
 
 /// axum on zerg (feature `axum`): [`Listener`](axum::Listener) makes an [`Engine`] an

@@ -4,12 +4,16 @@
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use super::connect::Connecting;
 use crate::conn::ConnShared;
 use crate::ring::SendBuf;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Life {
+    /// An outbound connect is in flight ([`Conn::connect`]); nothing else is armed and no handle
+    /// exists yet (the future waiting for it is the "handle").
+    Connecting,
     /// Receiving and sending.
     Open,
     /// Failed (reset, socket error, write timeout): no receive is armed again and the handle has
@@ -66,6 +70,8 @@ pub(super) struct Conn {
     pub(super) request_since: Option<u64>,
     /// Reactor time (ms) the send in flight started or last made progress: the write timeout.
     pub(super) send_since: u64,
+    /// The outbound connect, while it or its linked timeout is in flight.
+    pub(super) connect: Option<Box<Connecting>>,
 }
 
 impl Conn {
@@ -85,6 +91,7 @@ impl Conn {
             last_active: 0,
             request_since: None,
             send_since: 0,
+            connect: None,
         }
     }
 

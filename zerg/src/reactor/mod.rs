@@ -20,13 +20,16 @@
 //! kernel without a timeout.
 //!
 //! One file per concern: `accept.rs` (new connections), `recv.rs`, `send.rs`, `inbox.rs`
-//! (requests from handles), `close.rs` (closing, stopping, teardown); `conn.rs` holds the
-//! reactor's half of a connection.
+//! (requests from handles), `close.rs` (closing, stopping, teardown), `connect.rs` (outbound
+//! connections) and `outbound.rs` (their requests and answers); `conn.rs` holds the reactor's
+//! half of a connection.
 
 mod accept;
 mod close;
 mod conn;
+mod connect;
 mod inbox;
+pub(crate) mod outbound;
 mod recv;
 mod send;
 mod timers;
@@ -51,6 +54,7 @@ use crate::stats::ReactorStats;
 use crate::sys::{self, EventFd};
 
 use conn::Conn;
+use outbound::{Outbound, OutboundRequest};
 use timers::{ConnTimers, Timeouts};
 
 /// Buffer-group id of every reactor's ring (each reactor has its own io_uring).
@@ -94,18 +98,29 @@ pub(crate) struct ReactorInit {
     pub(crate) tokio: Option<tokio::runtime::Handle>,
 }
 
+/// A started reactor: its shared part, its outbound inbox, its thread.
+pub(crate) struct Spawned {
+    pub(crate) shared: Arc<ReactorShared>,
+    pub(crate) outbound: Arc<Outbound>,
+    pub(crate) thread: std::thread::JoinHandle<()>,
+}
+
+type Ready = Result<(Arc<ReactorShared>, Arc<Outbound>)>;
+
 /// Starts a reactor thread; returns once its ring and buffer ring are set up.
-pub(crate) fn spawn(
-    init: ReactorInit,
-) -> Result<(Arc<ReactorShared>, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Arc<ReactorShared>>>(1);
+pub(crate) fn spawn(init: ReactorInit) -> Result<Spawned> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Ready>(1);
     let index = init.index;
     let thread = std::thread::Builder::new()
         .name(format!("zerg-reactor-{index}"))
         .spawn(move || thread_main(init, tx))
         .map_err(|e| Error::io(format!("spawn thread zerg-reactor-{index}"), e))?;
     match rx.recv() {
-        Ok(Ok(shared)) => Ok((shared, thread)),
+        Ok(Ok((shared, outbound))) => Ok(Spawned {
+            shared,
+            outbound,
+            thread,
+        }),
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)
@@ -120,7 +135,7 @@ pub(crate) fn spawn(
     }
 }
 
-fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Result<Arc<ReactorShared>>>) {
+fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Ready>) {
     let index = init.index;
     let engine = init.engine.clone();
     // Entered for the thread's whole life: every handler poll runs in the runtime's context.
@@ -136,12 +151,13 @@ fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Result<Arc<
         }
     };
     let _guard = local::enter(&reactor.shared);
+    let _outbound_guard = outbound::enter(&reactor.outbound);
     if let Err(e) = reactor.build_sink() {
         reactor.teardown(true);
         let _ = ready.send(Err(e));
         return;
     }
-    let _ = ready.send(Ok(reactor.shared.clone()));
+    let _ = ready.send(Ok((reactor.shared.clone(), reactor.outbound.clone())));
     drop(ready);
     tracing::debug!(reactor = index, "reactor started");
 
@@ -158,6 +174,7 @@ fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Result<Arc<
             reason: reason.clone(),
         });
     }
+    reactor.fail_outbound();
     reactor.teardown(failure.is_some());
     tracing::debug!(reactor = index, "reactor stopped");
 }
@@ -174,6 +191,9 @@ enum Phase {
 struct Reactor {
     index: usize,
     shared: Arc<ReactorShared>,
+    /// Connect and adopt requests for this reactor.
+    outbound: Arc<Outbound>,
+    outbound_reqs: Vec<OutboundRequest>,
     engine: Arc<Lifecycle>,
     ring: Ring,
     bufs: BufRing,
@@ -311,9 +331,12 @@ impl Reactor {
         };
         shared.stats.publish(&stats);
         let batch = config.batch_cqes as usize;
+        let outbound = Arc::new(Outbound::new(shared.clone()));
         let mut reactor = Self {
             index,
             shared,
+            outbound,
+            outbound_reqs: Vec::new(),
             engine,
             ring,
             bufs,
@@ -398,6 +421,7 @@ impl Reactor {
             if executor::run_tasks(TASK_BUDGET) > 0 {
                 self.drain_requests()?;
             }
+            self.drain_outbound()?;
             self.rearm_starved()?;
             if self.phase == Phase::Closing
                 && self.conns.is_empty()
@@ -431,7 +455,7 @@ impl Reactor {
                 // From here on other threads signal the eventfd; a last look catches what they
                 // queued before they could see that.
                 self.shared.prepare_sleep();
-                if self.shared.has_remote_work() {
+                if self.shared.has_remote_work() || self.outbound.has_work() {
                     self.shared.woke();
                     idle = false;
                 }
@@ -479,6 +503,11 @@ impl Reactor {
         match token.kind {
             Kind::Recv => self.on_recv(token.id, res, flags),
             Kind::Send => self.on_send(token.id, res),
+            Kind::Connect => self.on_connect(token.id, res),
+            Kind::ConnectTimeout => {
+                self.on_connect_timeout(token.id, res);
+                Ok(())
+            }
             Kind::Cancel => {
                 if let Some(conn) = self.conns.get_mut(token.id) {
                     conn.ops -= 1;

@@ -1,9 +1,10 @@
 //! Every io_uring operation zerg submits, behind a safe [`Ring`] wrapper.
 //!
 //! The memory an operation points to is owned by the [`Ring`] itself (the eventfd read target,
-//! timer specs, all boxed so their addresses are stable) or by a [`SendBuf`], which keeps its
+//! timer specs, all boxed so their addresses are stable), by a [`SendBuf`], which keeps its
 //! bytes untouched while its send is in flight and leaks them rather than free them if dropped
-//! mid-flight. With that, pushing an entry cannot hand the kernel dangling memory.
+//! mid-flight, or by a [`ConnectOp`] (a connect's peer address and timeout), which does the same.
+//! With that, pushing an entry cannot hand the kernel dangling memory.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -15,11 +16,13 @@ use io_uring::{IoUring, cqueue, opcode, squeue};
 
 use crate::sys;
 
+mod connect_op;
 pub(crate) mod outgoing;
 mod send_buf;
 pub(crate) mod slots;
 pub(crate) mod token;
 
+pub(crate) use connect_op::ConnectOp;
 pub(crate) use send_buf::{SendBuf, SendProgress};
 
 /// An io_uring plus the memory its operations point to.
@@ -54,23 +57,51 @@ impl Ring {
 
     fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
         for _ in 0..64 {
-            // SAFETY: entries are built only by this type's methods and `SendBuf::next_send`, and
-            // point to memory owned by `self` (boxed, stable, alive until the ring is dropped or
-            // leaked) or by a `SendBuf`, which keeps its bytes until the send's completion is
-            // handed to `SendBuf::complete`.
+            // SAFETY: entries are built only by this type's methods and `SendBuf::next_send`, and point to memory owned by
+            // `self` (boxed, stable, alive until the ring is dropped or leaked), by a `SendBuf`
+            // that keeps its bytes until the send's completion is handed to `SendBuf::complete`,
+            // or by a `ConnectOp` that keeps its address and timespec until both of its
+            // completions arrived (and leaks them if dropped before).
             if unsafe { self.uring.submission().push(entry) }.is_ok() {
                 return Ok(());
             }
-            // Full: hand what is queued to the kernel and retry.
-            match self.uring.submit() {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EBUSY | libc::EINTR | libc::EAGAIN)
-                    ) => {}
-                Err(e) => return Err(e),
+            self.submit_queued()?;
+        }
+        Err(io::Error::other(
+            "submission queue stayed full after 64 submits",
+        ))
+    }
+
+    /// Hands what is queued to the kernel (the submission queue is full).
+    fn submit_queued(&mut self) -> io::Result<()> {
+        match self.uring.submit() {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EBUSY | libc::EINTR | libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
             }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pushes `first` (flagged `IO_LINK`) and the `second` linked to it into one submission: a
+    /// chain split by a submit in between would run `first` without its link, and the kernel
+    /// would fail the orphaned `second`.
+    fn push_linked(&mut self, first: &squeue::Entry, second: &squeue::Entry) -> io::Result<()> {
+        for _ in 0..64 {
+            let room = {
+                let sq = self.uring.submission();
+                sq.capacity() - sq.len()
+            };
+            if room >= 2 {
+                self.push(first)?;
+                return self.push(second);
+            }
+            self.submit_queued()?;
         }
         Err(io::Error::other(
             "submission queue stayed full after 64 submits",
@@ -199,6 +230,38 @@ impl Ring {
     /// Submits a send built by [`SendBuf::next_send`] (which owns the memory it points to).
     pub(crate) fn send(&mut self, entry: squeue::Entry, user_data: u64) -> io::Result<()> {
         self.push(&entry.user_data(user_data))
+    }
+
+    /// Connects `fd` to the address of `op`, with `op`'s timeout linked when it has one (returns
+    /// `true` then: two completions will come, `user_data` and `timeout_user_data`). `op` must
+    /// stay alive, unmoved in its boxes, until they arrived; it leaks its memory otherwise.
+    pub(crate) fn connect(
+        &mut self,
+        fd: RawFd,
+        op: &mut ConnectOp,
+        user_data: u64,
+        timeout_user_data: u64,
+    ) -> io::Result<bool> {
+        let addr = op.addr();
+        let entry = opcode::Connect::new(Fd(fd), addr.as_ptr().cast(), addr.len())
+            .build()
+            .user_data(user_data);
+        let linked = match op.timeout() {
+            Some(ts) => {
+                let ts: *const Timespec = ts;
+                let timeout = opcode::LinkTimeout::new(ts)
+                    .build()
+                    .user_data(timeout_user_data);
+                self.push_linked(&entry.flags(squeue::Flags::IO_LINK), &timeout)?;
+                true
+            }
+            None => {
+                self.push(&entry)?;
+                false
+            }
+        };
+        op.submitted(if linked { 2 } else { 1 });
+        Ok(linked)
     }
 
     /// After a failure left operations in flight: keep the ring's own buffers alive forever.

@@ -55,6 +55,10 @@ pub(crate) enum Kind {
     Send = 17,
     /// Cancellation issued for a connection (its own completion).
     Cancel = 19,
+    /// Outbound connect of a connection.
+    Connect = 20,
+    /// Linked timeout on an outbound connect.
+    ConnectTimeout = 21,
     /// Acceptor: a hand-off that failed (slot holds the fd).
     HandOff = 32,
 }
@@ -71,6 +75,8 @@ impl Kind {
             16 => Kind::Recv,
             17 => Kind::Send,
             19 => Kind::Cancel,
+            20 => Kind::Connect,
+            21 => Kind::ConnectTimeout,
             32 => Kind::HandOff,
             _ => return None,
         })
@@ -117,7 +123,13 @@ mod tests {
             slot: 0xdead_beef,
             generation: 0x00ab_cdef,
         };
-        for kind in [Kind::Recv, Kind::Send, Kind::Cancel] {
+        for kind in [
+            Kind::Recv,
+            Kind::Send,
+            Kind::Cancel,
+            Kind::Connect,
+            Kind::ConnectTimeout,
+        ] {
             let t = Token::decode(Token::conn(kind, id)).unwrap();
             assert_eq!(t, Token { kind, id });
         }

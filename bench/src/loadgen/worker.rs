@@ -1,0 +1,546 @@
+//! One load thread: its connections, driven from one io_uring.
+//!
+//! Every request buffer is built once and leaked (`&'static`, see [`super::ring`]): a
+//! connection's requests are its message repeated, so whatever it still has to send is a slice
+//! of that buffer starting at the current phase of the message, whatever was sent before.
+//!
+//! Closing: a connection that is done (`--reqs-per-conn`) or failed is closed with RST
+//! (SO_LINGER 0). A FIN close would leave each client port in TIME_WAIT for 60 s, and at
+//! 10–20k connections/s the 28k ephemeral ports run out within seconds, after which connect()
+//! either fails or scans the port range and the generator measures itself. Its multishot
+//! receive is cancelled first (a pending request holds the socket open), and its completions,
+//! which may still arrive, are recognised by the connection's generation and ignored (their
+//! receive buffers go back to the ring).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::check::{Checker, Expect};
+use super::ring::{Cqe, Ring};
+use super::{Mode, Opts, Stats};
+use crate::proto;
+
+/// The time frame of a run, shared by all threads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub(crate) start: Instant,
+    pub(crate) measure_at: Instant,
+    pub(crate) end_at: Instant,
+}
+
+/// Delay before a failed connection is opened again (no hot loop against a dead server).
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest wait for a batch of several completions (a slow server then costs at most this).
+const BATCH_WAIT: Duration = Duration::from_millis(1);
+/// Open loop: most requests one send carries (more stay queued for the next).
+const OPEN_LOOP_BATCH: usize = 64;
+
+const OP_CONNECT: u64 = 1;
+const OP_SEND: u64 = 2;
+const OP_RECV: u64 = 3;
+const OP_CANCEL: u64 = 4;
+
+fn user_data(idx: usize, generation: u32, op: u64) -> u64 {
+    ((idx as u64) << 32) | ((u64::from(generation) & 0xff_ffff) << 8) | op
+}
+
+fn split(ud: u64) -> (usize, u32, u64) {
+    (
+        (ud >> 32) as usize,
+        ((ud >> 8) & 0xff_ffff) as u32,
+        ud & 0xff,
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for a reconnect timer.
+    Closed,
+    Connecting,
+    Open,
+}
+
+#[derive(Debug)]
+struct Conn {
+    sock: Option<Socket>,
+    /// Bumped at every close: completions of an earlier socket carry an older value.
+    generation: u32,
+    state: State,
+    /// The message repeated; what is sent is always a slice of it.
+    batch: &'static [u8],
+    msg_len: usize,
+    expect: Expect,
+    /// Offset inside the message of the next byte to send.
+    phase: usize,
+    /// Bytes queued and not yet handed to a send.
+    unsent: usize,
+    /// Bytes in the send in flight (0: none).
+    sending: usize,
+    recv_armed: bool,
+    /// (send time, requests) of the requests in flight, oldest first.
+    inflight: VecDeque<(Instant, u32)>,
+    inflight_n: usize,
+    checker: Checker,
+    /// Requests queued on this TCP connection (for `--reqs-per-conn`).
+    queued_on_conn: u64,
+    done_on_conn: u64,
+    timer_armed: bool,
+}
+
+struct Worker<'a> {
+    opts: &'a Opts,
+    ring: Ring,
+    conns: Vec<Conn>,
+    win: Window,
+    stats: Stats,
+    /// Connections with something to submit.
+    dirty: Vec<usize>,
+    /// (due, connection): reconnects.
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Open connections with requests in flight (sizes the completion batch).
+    busy: usize,
+    /// Open loop: time between two requests, the next one's due time and connection.
+    interval: Option<Duration>,
+    next_due: Instant,
+    next_conn: usize,
+}
+
+/// Runs connections `ids` of the load until the window ends.
+pub(crate) fn run(opts: &Opts, ids: &[usize], win: Window) -> io::Result<Stats> {
+    let depth = opts.depth;
+    let qcap = if opts.rate.is_some() {
+        OPEN_LOOP_BATCH
+    } else {
+        depth
+    };
+    // One shared request buffer for HTTP; a pattern per connection for echo.
+    let http_batch: &'static [u8] = Box::leak(proto::REQUEST.repeat(qcap).into_boxed_slice());
+    let conns: Vec<Conn> = ids
+        .iter()
+        .map(|&id| {
+            let (batch, msg_len, expect) = match opts.mode {
+                Mode::Echo => {
+                    let b: &'static [u8] =
+                        Box::leak(echo_pattern(id, opts.size).repeat(qcap).into_boxed_slice());
+                    (b, opts.size, Expect::Stream(&b[..opts.size]))
+                }
+                _ => {
+                    let e = if opts.any_http {
+                        Expect::Http
+                    } else {
+                        Expect::Stream(proto::RESPONSE)
+                    };
+                    (http_batch, proto::REQUEST.len(), e)
+                }
+            };
+            Conn {
+                sock: None,
+                generation: 0,
+                state: State::Closed,
+                batch,
+                msg_len,
+                expect,
+                phase: 0,
+                unsent: 0,
+                sending: 0,
+                recv_armed: false,
+                inflight: VecDeque::with_capacity(qcap),
+                inflight_n: 0,
+                checker: Checker::default(),
+                queued_on_conn: 0,
+                done_on_conn: 0,
+                timer_armed: false,
+            }
+        })
+        .collect();
+    let n = conns.len().max(1);
+    let buf_size = (opts.size * depth)
+        .next_power_of_two()
+        .clamp(4096, 64 * 1024);
+    let max_bufs = (64 << 20) / buf_size;
+    let count = (2 * n).next_power_of_two().clamp(64, 8192).min(max_bufs);
+    let sq = (2 * n).next_power_of_two().clamp(64, 4096) as u32;
+    let cq = (4 * n).next_power_of_two().clamp(1024, 65536) as u32;
+    let ring = Ring::new(sq, cq, count as u16, buf_size as u32, opts.addr)?;
+    let interval = opts
+        .rate
+        .map(|r| Duration::from_secs_f64(opts.conns as f64 / r / n as f64));
+    // Threads interleave: thread t's first request is due t/R after the start.
+    let offset = opts
+        .rate
+        .map(|r| Duration::from_secs_f64(ids.first().copied().unwrap_or(0) as f64 / r))
+        .unwrap_or_default();
+    let mut w = Worker {
+        opts,
+        ring,
+        conns,
+        win,
+        stats: Stats::new(),
+        dirty: Vec::with_capacity(n),
+        timers: BinaryHeap::new(),
+        busy: 0,
+        interval,
+        next_due: win.start + offset,
+        next_conn: 0,
+    };
+    w.run()?;
+    Ok(w.stats)
+}
+
+impl Worker<'_> {
+    fn run(&mut self) -> io::Result<()> {
+        for i in 0..self.conns.len() {
+            self.connect(i);
+        }
+        let mut cqes: Vec<Cqe> = Vec::with_capacity(4096);
+        loop {
+            let now = Instant::now();
+            if now >= self.win.end_at {
+                return Ok(());
+            }
+            if let Some(iv) = self.interval {
+                while self.next_due <= now {
+                    let i = self.next_conn;
+                    self.next_conn = (i + 1) % self.conns.len();
+                    self.queue(i, self.next_due, 1);
+                    self.next_due += iv;
+                }
+            }
+            while let Some(Reverse((due, i))) = self.timers.peek().copied() {
+                if due > now {
+                    break;
+                }
+                self.timers.pop();
+                self.conns[i].timer_armed = false;
+                if self.conns[i].state == State::Closed {
+                    self.connect(i);
+                }
+            }
+            while let Some(i) = self.dirty.pop() {
+                self.pump(i);
+            }
+            let mut deadline = self.win.end_at;
+            if self.interval.is_some() {
+                deadline = deadline.min(self.next_due);
+            }
+            if let Some(Reverse((due, _))) = self.timers.peek() {
+                deadline = deadline.min(*due);
+            }
+            let want = self.want();
+            let mut timeout = deadline.saturating_duration_since(now);
+            if want > 1 {
+                timeout = timeout.min(BATCH_WAIT);
+            }
+            cqes.clear();
+            self.ring.wait(want, timeout, &mut cqes)?;
+            let now = Instant::now();
+            for c in &cqes {
+                self.complete(c, now);
+            }
+            self.ring.publish();
+        }
+    }
+
+    /// Completions to wait for at once.
+    fn want(&self) -> usize {
+        if self.opts.batch > 0 {
+            return self.opts.batch.min(self.busy.max(1));
+        }
+        if self.interval.is_some() {
+            return 1;
+        }
+        (self.busy / 8).clamp(1, 32)
+    }
+
+    fn mark(&mut self, i: usize) {
+        self.dirty.push(i);
+    }
+
+    fn connect(&mut self, i: usize) {
+        let sock = match Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)) {
+            Ok(s) => s,
+            Err(e) => return self.fail(i, "socket", e),
+        };
+        let _ = sock.set_tcp_nodelay(true);
+        let c = &mut self.conns[i];
+        let ud = user_data(i, c.generation, OP_CONNECT);
+        if let Err(e) = self.ring.connect(sock.as_raw_fd(), ud) {
+            return self.fail(i, "connect", e);
+        }
+        let c = &mut self.conns[i];
+        c.sock = Some(sock);
+        c.state = State::Connecting;
+    }
+
+    /// A failed connection: count it, close it, reopen it after a back-off.
+    fn fail(&mut self, i: usize, what: &str, e: impl std::fmt::Display) {
+        self.stats.error(what, e);
+        self.close(i);
+        let c = &mut self.conns[i];
+        if !c.timer_armed {
+            c.timer_armed = true;
+            self.timers
+                .push(Reverse((Instant::now() + RECONNECT_BACKOFF, i)));
+        }
+    }
+
+    /// Closes connection `i` with RST and forgets its requests.
+    fn close(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        if let Some(sock) = c.sock.take() {
+            let g = c.generation;
+            if c.recv_armed {
+                let _ = self
+                    .ring
+                    .cancel(user_data(i, g, OP_RECV), user_data(i, g, OP_CANCEL));
+            }
+            if c.state == State::Connecting {
+                let _ = self
+                    .ring
+                    .cancel(user_data(i, g, OP_CONNECT), user_data(i, g, OP_CANCEL));
+            }
+            let _ = sock.set_linger(Some(Duration::ZERO));
+            drop(sock);
+        }
+        if c.state == State::Open && c.inflight_n > 0 {
+            self.busy -= 1;
+        }
+        c.generation = c.generation.wrapping_add(1);
+        c.state = State::Closed;
+        c.phase = 0;
+        c.unsent = 0;
+        c.sending = 0;
+        c.recv_armed = false;
+        c.inflight.clear();
+        c.inflight_n = 0;
+        c.checker.reset();
+        c.queued_on_conn = 0;
+        c.done_on_conn = 0;
+    }
+
+    /// Queues `k` requests stamped `stamp` on connection `i`.
+    fn queue(&mut self, i: usize, stamp: Instant, k: u32) {
+        let c = &mut self.conns[i];
+        if c.state == State::Open && c.inflight_n == 0 {
+            self.busy += 1;
+        }
+        c.unsent += c.msg_len * k as usize;
+        c.inflight_n += k as usize;
+        c.queued_on_conn += u64::from(k);
+        match c.inflight.back_mut() {
+            Some((t, n)) if *t == stamp => *n += k,
+            _ => c.inflight.push_back((stamp, k)),
+        }
+        self.mark(i);
+    }
+
+    /// Closed loop: tops connection `i` up to the depth (within `--reqs-per-conn`).
+    fn refill(&mut self, i: usize, now: Instant) {
+        if self.interval.is_some() {
+            return;
+        }
+        let c = &self.conns[i];
+        let mut k = self.opts.depth.saturating_sub(c.inflight_n) as u64;
+        if self.opts.reqs_per_conn > 0 {
+            k = k.min(self.opts.reqs_per_conn - c.queued_on_conn);
+        }
+        if k > 0 {
+            self.queue(i, now, k as u32);
+        }
+    }
+
+    /// Submits what connection `i` has to send, and re-arms its receive.
+    fn pump(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        if c.state != State::Open {
+            return;
+        }
+        let Some(fd) = c.sock.as_ref().map(|s| s.as_raw_fd()) else {
+            return;
+        };
+        let g = c.generation;
+        if !c.recv_armed {
+            c.recv_armed = true;
+            if let Err(e) = self.ring.recv_multishot(fd, user_data(i, g, OP_RECV)) {
+                return self.fail(i, "recv", e);
+            }
+        }
+        let c = &mut self.conns[i];
+        if c.sending == 0 && c.unsent > 0 {
+            let batch: &'static [u8] = c.batch;
+            let len = c.unsent.min(batch.len() - c.phase);
+            let buf = &batch[c.phase..c.phase + len];
+            c.sending = len;
+            c.unsent -= len;
+            self.stats.sends += 1;
+            if let Err(e) = self.ring.send(fd, buf, user_data(i, g, OP_SEND)) {
+                self.fail(i, "send", e);
+            }
+        }
+    }
+
+    fn complete(&mut self, cqe: &Cqe, now: Instant) {
+        let (i, g, op) = split(cqe.user_data);
+        let current = self
+            .conns
+            .get(i)
+            .is_some_and(|c| c.generation & 0xff_ffff == g);
+        if op == OP_RECV {
+            self.on_recv(i, current, cqe, now);
+            return;
+        }
+        if !current {
+            return;
+        }
+        match op {
+            OP_CONNECT => self.on_connect(i, cqe.result, now),
+            OP_SEND => self.on_send(i, cqe.result),
+            _ => {}
+        }
+    }
+
+    fn on_connect(&mut self, i: usize, res: i32, now: Instant) {
+        if res < 0 {
+            return self.fail(i, "connect", io::Error::from_raw_os_error(-res));
+        }
+        self.stats.connected += 1;
+        let c = &mut self.conns[i];
+        c.state = State::Open;
+        if c.inflight_n > 0 {
+            // Open loop: requests came due while connecting.
+            self.busy += 1;
+        }
+        self.refill(i, now);
+        self.mark(i);
+    }
+
+    fn on_send(&mut self, i: usize, res: i32) {
+        if res < 0 {
+            return self.fail(i, "send", io::Error::from_raw_os_error(-res));
+        }
+        let c = &mut self.conns[i];
+        let n = res as usize;
+        c.phase = (c.phase + n) % c.msg_len;
+        c.unsent += c.sending - n.min(c.sending);
+        c.sending = 0;
+        self.pump(i);
+    }
+
+    fn on_recv(&mut self, i: usize, current: bool, cqe: &Cqe, now: Instant) {
+        let res = cqe.result;
+        self.stats.recvs += 1;
+        let mut verdict: Result<usize, String> = Ok(0);
+        if let Some(bid) = cqe.buffer() {
+            if current && res > 0 {
+                let data = self.ring.data(bid, res as usize);
+                let c = &mut self.conns[i];
+                verdict = c.checker.feed(c.expect, data);
+            }
+            self.ring.give_back(bid);
+        }
+        if !current {
+            return;
+        }
+        if !cqe.more() {
+            self.conns[i].recv_armed = false;
+        }
+        match res {
+            r if r > 0 => match verdict {
+                Ok(0) => {}
+                Ok(done) => self.on_responses(i, done, now),
+                Err(e) => return self.fail(i, "verify", e),
+            },
+            0 => return self.fail(i, "read", "connection closed by the server"),
+            r if r == -libc::ENOBUFS => {}
+            r => return self.fail(i, "read", io::Error::from_raw_os_error(-r)),
+        }
+        if !self.conns[i].recv_armed && self.conns[i].state == State::Open {
+            self.mark(i);
+        }
+    }
+
+    /// `done` responses completed on connection `i` at `now`.
+    fn on_responses(&mut self, i: usize, done: usize, now: Instant) {
+        let in_window = now >= self.win.measure_at && now < self.win.end_at;
+        let c = &mut self.conns[i];
+        if done > c.inflight_n {
+            return self.fail(i, "verify", "response without a request");
+        }
+        let mut left = done;
+        while left > 0 {
+            let Some((sent, n)) = c.inflight.front_mut() else {
+                break;
+            };
+            let m = (*n as usize).min(left);
+            if in_window {
+                let ns = now.saturating_duration_since(*sent).as_nanos() as u64;
+                self.stats.hist.saturating_record_n(ns.max(1), m as u64);
+                self.stats.requests += m as u64;
+            }
+            *n -= m as u32;
+            if *n == 0 {
+                c.inflight.pop_front();
+            }
+            left -= m;
+        }
+        c.inflight_n -= done;
+        c.done_on_conn += done as u64;
+        if c.inflight_n == 0 {
+            self.busy -= 1;
+        }
+        let cycle = self.opts.reqs_per_conn;
+        if cycle > 0 && c.done_on_conn >= cycle {
+            if in_window {
+                self.stats.conns_completed += 1;
+            }
+            self.close(i);
+            self.connect(i);
+            return;
+        }
+        self.refill(i, now);
+    }
+}
+
+/// Connection `id`'s echo message: a byte pattern whose phase depends on the connection, so
+/// bytes echoed to the wrong connection fail verification.
+pub(crate) fn echo_pattern(id: usize, size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|i| ((i + id * 37) as u8).wrapping_mul(131) ^ ((id >> 8) as u8))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        let ud = user_data(4095, 0x1234_5678, OP_RECV);
+        assert_eq!(split(ud), (4095, 0x34_5678, OP_RECV));
+    }
+
+    #[test]
+    fn patterns_differ_between_connections() {
+        assert_ne!(echo_pattern(0, 64), echo_pattern(1, 64));
+        assert_ne!(echo_pattern(0, 64), echo_pattern(256, 64));
+    }
+
+    #[test]
+    fn any_phase_of_the_stream_is_a_slice_of_the_batch() {
+        // What `pump` relies on: from any phase, the next bytes of the periodic stream are
+        // batch[phase..], for as long as the batch lasts.
+        let msg = b"0123456789";
+        let batch = msg.repeat(3);
+        let stream = msg.repeat(10);
+        for sent in 0..stream.len() - batch.len() {
+            let phase = sent % msg.len();
+            let avail = batch.len() - phase;
+            assert_eq!(&batch[phase..], &stream[sent..sent + avail]);
+        }
+    }
+}

@@ -41,6 +41,9 @@ fn main() -> ExitCode {
         "tokio" => servers::tokio::main(rest),
         "monoio" => servers::monoio::main(rest),
         "zerg" => servers::zerg::main(rest),
+        "tokio-proxy" => servers::proxy::main(rest),
+        "tokio-resp" => servers::resp::main(rest),
+        "tokio-hyper" => servers::hyper::main(rest),
         "loadgen" => loadgen::main(rest),
         "all" | "run" => runner::main(rest),
         "-h" | "--help" | "help" => {

@@ -39,7 +39,7 @@ mod ring;
 mod worker;
 
 use std::net::SocketAddrV4;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -237,32 +237,42 @@ impl Stats {
     }
 }
 
-/// Runs the load threads until warm-up + duration, then prints the result.
+/// Longest time the load threads take to open their connections before the clock starts.
+const CONNECT_PHASE: Duration = Duration::from_secs(10);
+
+/// Runs the load threads: every connection is opened first, then the clock starts (warm-up,
+/// then the measured window), then the result is printed.
 fn timed(opts: Opts) -> Result<(), String> {
-    let start = Instant::now();
-    let measure_at = start + opts.warmup;
-    let end_at = measure_at + opts.duration;
+    // Two rendezvous of all load threads and this one: "all connected", then "window set".
+    let sync = Arc::new(worker::Sync::new(opts.threads + 1));
     let (tx, rx) = mpsc::channel::<Result<Stats, String>>();
     let mut handles = Vec::new();
     for t in 0..opts.threads {
         let ids: Vec<usize> = (t..opts.conns).step_by(opts.threads).collect();
         let opts = opts.clone();
         let tx = tx.clone();
+        let sync = sync.clone();
         let h = thread::Builder::new()
             .name(format!("loadgen-{t}"))
             .spawn(move || {
-                let w = worker::Window {
-                    start,
-                    measure_at,
-                    end_at,
-                };
-                let r = worker::run(&opts, &ids, w).map_err(|e| e.to_string());
+                let connect_by = Instant::now() + CONNECT_PHASE;
+                let r = worker::run(&opts, &ids, &sync, connect_by).map_err(|e| e.to_string());
                 let _ = tx.send(r);
             })
             .map_err(|e| format!("spawn: {e}"))?;
         handles.push(h);
     }
     drop(tx);
+    sync.connected.wait();
+    let start = Instant::now();
+    let measure_at = start + opts.warmup;
+    let end_at = measure_at + opts.duration;
+    let _ = sync.window.set(worker::Window {
+        start,
+        measure_at,
+        end_at,
+    });
+    sync.window_set.wait();
     thread::sleep(measure_at.saturating_duration_since(Instant::now()));
     let cpu0 = ring::process_cpu_s();
     emit(&Event::MeasureStart);
@@ -309,6 +319,71 @@ fn timed(opts: Opts) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::servers;
+
+    /// Runs one load thread against `port` for a 0.4 s window (0.1 s warm-up).
+    fn drive(port: u16, args: &str) -> Stats {
+        let mut opts = parse(argv(&format!("--port {port} {args}"))).unwrap();
+        opts.threads = 1;
+        let ids: Vec<usize> = (0..opts.conns).collect();
+        let sync = worker::Sync::new(2);
+        thread::scope(|sc| {
+            let h = sc.spawn(|| {
+                worker::run(&opts, &ids, &sync, Instant::now() + Duration::from_secs(10))
+            });
+            sync.connected.wait();
+            let start = Instant::now();
+            let _ = sync.window.set(worker::Window {
+                start,
+                measure_at: start + Duration::from_millis(100),
+                end_at: start + Duration::from_millis(500),
+            });
+            sync.window_set.wait();
+            h.join().unwrap().unwrap()
+        })
+    }
+
+    #[test]
+    fn drives_every_mode_against_a_real_server_without_errors() {
+        let http = servers::tests::start(servers::tokio::main, &["--workload", "http"]);
+        let echo = servers::tests::start(
+            servers::tokio::main,
+            &["--workload", "echo", "--buf-size", "4096"],
+        );
+        let hyper = servers::tests::start(servers::hyper::main, &[]);
+        for (port, args) in [
+            (http, "--mode http --conns 8 --depth 16"),
+            (http, "--mode http --conns 8 --reqs-per-conn 10"),
+            (http, "--mode http --conns 64 --rate 2000"),
+            (echo, "--mode echo --conns 4 --size 64"),
+            (echo, "--mode echo --conns 2 --size 100000 --depth 2"),
+            (hyper, "--mode http --any-http --conns 4 --depth 8"),
+        ] {
+            let s = drive(port, args);
+            assert_eq!(s.errors, 0, "{args}: {:?}", s.first_error);
+            assert!(s.requests > 0, "{args}: no request completed");
+            assert_eq!(s.hist.len(), s.requests, "{args}: one latency per request");
+            if args.contains("reqs-per-conn") {
+                assert!(s.conns_completed > 0, "{args}: no connection completed");
+            }
+            if args.contains("rate") {
+                // 2000/s over a 0.4 s window: about 800 requests, not a closed-loop flood.
+                assert!((400..1200).contains(&s.requests), "{args}: {}", s.requests);
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_bytes_are_errors() {
+        // An echo server sends the request back instead of the fixed response, which both
+        // HTTP checks reject.
+        let echo = servers::tests::start(servers::tokio::main, &["--workload", "echo"]);
+        for args in ["--mode http --conns 2", "--mode http --any-http --conns 2"] {
+            let s = drive(echo, args);
+            assert!(s.errors > 0 && s.requests == 0, "{args}: {s:?}");
+            assert!(s.first_error.unwrap().starts_with("verify"));
+        }
+    }
 
     fn argv(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()

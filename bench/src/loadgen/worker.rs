@@ -16,6 +16,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -31,6 +32,25 @@ pub(crate) struct Window {
     pub(crate) start: Instant,
     pub(crate) measure_at: Instant,
     pub(crate) end_at: Instant,
+}
+
+/// The rendezvous of the load threads and the main thread: every thread opens its connections,
+/// then the main thread sets the window (so connection set-up is outside warm-up and window).
+#[derive(Debug)]
+pub(crate) struct Sync {
+    pub(crate) connected: Barrier,
+    pub(crate) window: OnceLock<Window>,
+    pub(crate) window_set: Barrier,
+}
+
+impl Sync {
+    pub(crate) fn new(parties: usize) -> Self {
+        Self {
+            connected: Barrier::new(parties),
+            window: OnceLock::new(),
+            window_set: Barrier::new(parties),
+        }
+    }
 }
 
 /// Delay before a failed connection is opened again (no hot loop against a dead server).
@@ -97,6 +117,8 @@ struct Worker<'a> {
     ring: Ring,
     conns: Vec<Conn>,
     win: Window,
+    /// The window is set: requests flow.
+    started: bool,
     stats: Stats,
     /// Connections with something to submit.
     dirty: Vec<usize>,
@@ -107,11 +129,37 @@ struct Worker<'a> {
     /// Open loop: time between two requests, the next one's due time and connection.
     interval: Option<Duration>,
     next_due: Instant,
+    /// This thread's first request is due this long after the start.
+    offset: Duration,
     next_conn: usize,
 }
 
-/// Runs connections `ids` of the load until the window ends.
-pub(crate) fn run(opts: &Opts, ids: &[usize], win: Window) -> io::Result<Stats> {
+/// Opens connections `ids` (until `connect_by` at most), waits for the window, runs the load
+/// until it ends. Meets the other threads at both rendezvous whatever fails.
+pub(crate) fn run(
+    opts: &Opts,
+    ids: &[usize],
+    sync: &Sync,
+    connect_by: Instant,
+) -> io::Result<Stats> {
+    let mut w = prepare(opts, ids, connect_by);
+    let connected = match &mut w {
+        Ok(w) => w.connect_all(),
+        Err(_) => Ok(()),
+    };
+    sync.connected.wait();
+    sync.window_set.wait();
+    let mut w = w?;
+    connected?;
+    let win = *sync.window.get().expect("the main thread sets the window");
+    w.win = win;
+    w.next_due = win.start + w.offset;
+    w.start();
+    w.run()?;
+    Ok(w.stats)
+}
+
+fn prepare<'a>(opts: &'a Opts, ids: &[usize], connect_by: Instant) -> io::Result<Worker<'a>> {
     let depth = opts.depth;
     let qcap = if opts.rate.is_some() {
         OPEN_LOOP_BATCH
@@ -167,6 +215,12 @@ pub(crate) fn run(opts: &Opts, ids: &[usize], win: Window) -> io::Result<Stats> 
     let sq = (2 * n).next_power_of_two().clamp(64, 4096) as u32;
     let cq = (4 * n).next_power_of_two().clamp(1024, 65536) as u32;
     let ring = Ring::new(sq, cq, count as u16, buf_size as u32, opts.addr)?;
+    // Until the window is known, `end_at` bounds the connect phase.
+    let connect_win = Window {
+        start: connect_by,
+        measure_at: connect_by,
+        end_at: connect_by,
+    };
     let interval = opts
         .rate
         .map(|r| Duration::from_secs_f64(opts.conns as f64 / r / n as f64));
@@ -175,28 +229,80 @@ pub(crate) fn run(opts: &Opts, ids: &[usize], win: Window) -> io::Result<Stats> 
         .rate
         .map(|r| Duration::from_secs_f64(ids.first().copied().unwrap_or(0) as f64 / r))
         .unwrap_or_default();
-    let mut w = Worker {
+    Ok(Worker {
         opts,
         ring,
         conns,
-        win,
+        win: connect_win,
+        started: false,
         stats: Stats::new(),
         dirty: Vec::with_capacity(n),
         timers: BinaryHeap::new(),
         busy: 0,
         interval,
-        next_due: win.start + offset,
+        next_due: connect_by,
+        offset,
         next_conn: 0,
-    };
-    w.run()?;
-    Ok(w.stats)
+    })
 }
 
 impl Worker<'_> {
-    fn run(&mut self) -> io::Result<()> {
+    /// Opens every connection, until `win.end_at` at most (connections still failing then are
+    /// retried during the run).
+    fn connect_all(&mut self) -> io::Result<()> {
         for i in 0..self.conns.len() {
             self.connect(i);
         }
+        let mut cqes: Vec<Cqe> = Vec::with_capacity(4096);
+        while self.conns.iter().any(|c| c.state != State::Open) {
+            let now = Instant::now();
+            if now >= self.win.end_at {
+                break;
+            }
+            self.fire_timers(now);
+            let wake = self
+                .timers
+                .peek()
+                .map_or(self.win.end_at, |Reverse((due, _))| *due)
+                .min(self.win.end_at);
+            cqes.clear();
+            self.ring
+                .wait(1, wake.saturating_duration_since(now), &mut cqes)?;
+            let now = Instant::now();
+            for c in &cqes {
+                self.complete(c, now);
+            }
+            self.ring.publish();
+        }
+        Ok(())
+    }
+
+    /// The window is set: every open connection gets its requests.
+    fn start(&mut self) {
+        self.started = true;
+        let now = Instant::now();
+        for i in 0..self.conns.len() {
+            if self.conns[i].state == State::Open {
+                self.refill(i, now);
+                self.mark(i);
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((due, i))) = self.timers.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            self.conns[i].timer_armed = false;
+            if self.conns[i].state == State::Closed {
+                self.connect(i);
+            }
+        }
+    }
+
+    fn run(&mut self) -> io::Result<()> {
         let mut cqes: Vec<Cqe> = Vec::with_capacity(4096);
         loop {
             let now = Instant::now();
@@ -211,16 +317,7 @@ impl Worker<'_> {
                     self.next_due += iv;
                 }
             }
-            while let Some(Reverse((due, i))) = self.timers.peek().copied() {
-                if due > now {
-                    break;
-                }
-                self.timers.pop();
-                self.conns[i].timer_armed = false;
-                if self.conns[i].state == State::Closed {
-                    self.connect(i);
-                }
-            }
+            self.fire_timers(now);
             while let Some(i) = self.dirty.pop() {
                 self.pump(i);
             }
@@ -341,7 +438,7 @@ impl Worker<'_> {
 
     /// Closed loop: tops connection `i` up to the depth (within `--reqs-per-conn`).
     fn refill(&mut self, i: usize, now: Instant) {
-        if self.interval.is_some() {
+        if self.interval.is_some() || !self.started {
             return;
         }
         let c = &self.conns[i];

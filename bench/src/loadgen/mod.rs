@@ -328,9 +328,8 @@ mod tests {
         let ids: Vec<usize> = (0..opts.conns).collect();
         let sync = worker::Sync::new(2);
         thread::scope(|sc| {
-            let h = sc.spawn(|| {
-                worker::run(&opts, &ids, &sync, Instant::now() + Duration::from_secs(10))
-            });
+            let h = sc
+                .spawn(|| worker::run(&opts, &ids, &sync, Instant::now() + Duration::from_secs(1)));
             sync.connected.wait();
             let start = Instant::now();
             let _ = sync.window.set(worker::Window {

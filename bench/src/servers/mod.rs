@@ -199,6 +199,7 @@ pub(crate) mod tests {
     #[test]
     fn tokio_http() {
         check_http(super::tokio::main, &[]);
+        check_http(super::tokio::main, &["--threads", "2"]);
     }
 
     #[test]
@@ -209,6 +210,7 @@ pub(crate) mod tests {
     #[test]
     fn monoio_http() {
         check_http(super::monoio::main, &[]);
+        check_http(super::monoio::main, &["--threads", "2"]);
         check_http(super::monoio::main, &["--coop-taskrun"]);
     }
 
@@ -230,6 +232,7 @@ pub(crate) mod tests {
                 "--incremental",
             ],
             &["--mode", "runtime", "--accept", "dedicated"],
+            &["--reactors", "2"],
         ] {
             check_http(super::zerg::main, extra);
         }

@@ -196,6 +196,9 @@ fn run(cfg: &Config) -> Result<(), String> {
         })
         .filter(|(_, rows)| !rows.is_empty())
         .collect();
+    if plan.is_empty() {
+        return Err("nothing to run: no workload matches --only/--servers on this machine".into());
+    }
     let total: usize = plan.iter().map(|(w, r)| reps_of(cfg, w) * r.len()).sum();
     eprintln!(
         "zerg-bench: {} workloads, {} server rows, {total} runs; warm-up {} s, measured {} s; \

@@ -110,6 +110,12 @@ pub(crate) fn throughput_line(r: &RunRecord, unit: &str) -> String {
         r.load_cpu_util * 100.0,
         r.saturation.label(),
     );
+    if let Some(own) = r.load_self_util {
+        s.push_str(&format!("  (loadgen getrusage {:.0}%)", own * 100.0));
+    }
+    if let Some(up) = r.upstream_cpu_util {
+        s.push_str(&format!("  upstream cpu {:.0}%", up * 100.0));
+    }
     if let Some(c) = r.cpu_us_per_conn {
         s.push_str(&format!("  {:.1} us/conn", c));
     }

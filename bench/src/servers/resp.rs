@@ -1,6 +1,6 @@
 //! The RESP peer: a Redis-protocol server on tokio `current_thread` (tasks on a `LocalSet`, one
-//! `HashMap` shared without locks), for `redis-benchmark`. Commands: PING [msg], SET key value,
-//! GET key, DEL key [key ...]; `CONFIG GET` answers an empty list (redis-benchmark asks at start);
+//! `HashMap` shared without locks), for `redis-benchmark`. Commands: `PING [msg]`, `SET key value`,
+//! `GET key`, `DEL key [key ...]`; `CONFIG GET` answers an empty list (redis-benchmark asks at start);
 //! anything else gets an error reply. Requests may be RESP arrays of bulk strings or inline
 //! (space-separated words on one line). Pipelining: every complete command of one read is
 //! answered, and the replies go out in one write.

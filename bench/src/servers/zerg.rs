@@ -44,7 +44,8 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     let mut eo = EngineOptions::with_port(opts.port);
     eo.ip = std::net::Ipv4Addr::LOCALHOST.into();
     eo.backlog = proto::BACKLOG;
-    eo.reactor_configs = vec![rc; reactors];
+    eo.reactor_count = reactors;
+    eo.reactor_configs = vec![rc];
     eo.accept_mode = match accept.as_str() {
         "dedicated" => AcceptMode::Dedicated,
         "per-reactor" => AcceptMode::PerReactor,

@@ -34,6 +34,7 @@
 //! window count.
 
 mod check;
+mod conn;
 mod idle;
 mod ring;
 mod worker;

@@ -13,7 +13,7 @@
 //! receive buffers go back to the ring).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::{Barrier, OnceLock};
@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::check::{Checker, Expect};
+use super::check::Expect;
+use super::conn::{
+    Conn, OP_CANCEL, OP_CONNECT, OP_RECV, OP_SEND, State, echo_pattern, split, user_data,
+};
 use super::ring::{Cqe, Ring};
 use super::{Mode, Opts, Stats};
 use crate::proto;
@@ -59,58 +62,6 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(10);
 const BATCH_WAIT: Duration = Duration::from_millis(1);
 /// Open loop: most requests one send carries (more stay queued for the next).
 const OPEN_LOOP_BATCH: usize = 64;
-
-const OP_CONNECT: u64 = 1;
-const OP_SEND: u64 = 2;
-const OP_RECV: u64 = 3;
-const OP_CANCEL: u64 = 4;
-
-fn user_data(idx: usize, generation: u32, op: u64) -> u64 {
-    ((idx as u64) << 32) | ((u64::from(generation) & 0xff_ffff) << 8) | op
-}
-
-fn split(ud: u64) -> (usize, u32, u64) {
-    (
-        (ud >> 32) as usize,
-        ((ud >> 8) & 0xff_ffff) as u32,
-        ud & 0xff,
-    )
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// Waiting for a reconnect timer.
-    Closed,
-    Connecting,
-    Open,
-}
-
-#[derive(Debug)]
-struct Conn {
-    sock: Option<Socket>,
-    /// Bumped at every close: completions of an earlier socket carry an older value.
-    generation: u32,
-    state: State,
-    /// The message repeated; what is sent is always a slice of it.
-    batch: &'static [u8],
-    msg_len: usize,
-    expect: Expect,
-    /// Offset inside the message of the next byte to send.
-    phase: usize,
-    /// Bytes queued and not yet handed to a send.
-    unsent: usize,
-    /// Bytes in the send in flight (0: none).
-    sending: usize,
-    recv_armed: bool,
-    /// (send time, requests) of the requests in flight, oldest first.
-    inflight: VecDeque<(Instant, u32)>,
-    inflight_n: usize,
-    checker: Checker,
-    /// Requests queued on this TCP connection (for `--reqs-per-conn`).
-    queued_on_conn: u64,
-    done_on_conn: u64,
-    timer_armed: bool,
-}
 
 struct Worker<'a> {
     opts: &'a Opts,
@@ -186,24 +137,7 @@ fn prepare<'a>(opts: &'a Opts, ids: &[usize], connect_by: Instant) -> io::Result
                     (http_batch, proto::REQUEST.len(), e)
                 }
             };
-            Conn {
-                sock: None,
-                generation: 0,
-                state: State::Closed,
-                batch,
-                msg_len,
-                expect,
-                phase: 0,
-                unsent: 0,
-                sending: 0,
-                recv_armed: false,
-                inflight: VecDeque::with_capacity(qcap),
-                inflight_n: 0,
-                checker: Checker::default(),
-                queued_on_conn: 0,
-                done_on_conn: 0,
-                timer_armed: false,
-            }
+            Conn::new(batch, msg_len, expect, qcap)
         })
         .collect();
     let n = conns.len().max(1);
@@ -621,30 +555,8 @@ impl Worker<'_> {
     }
 }
 
-/// Connection `id`'s echo message: a byte pattern whose phase depends on the connection, so
-/// bytes echoed to the wrong connection fail verification.
-pub(crate) fn echo_pattern(id: usize, size: usize) -> Vec<u8> {
-    (0..size)
-        .map(|i| ((i + id * 37) as u8).wrapping_mul(131) ^ ((id >> 8) as u8))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn user_data_round_trips() {
-        let ud = user_data(4095, 0x1234_5678, OP_RECV);
-        assert_eq!(split(ud), (4095, 0x34_5678, OP_RECV));
-    }
-
-    #[test]
-    fn patterns_differ_between_connections() {
-        assert_ne!(echo_pattern(0, 64), echo_pattern(1, 64));
-        assert_ne!(echo_pattern(0, 64), echo_pattern(256, 64));
-    }
-
     #[test]
     fn any_phase_of_the_stream_is_a_slice_of_the_batch() {
         // What `pump` relies on: from any phase, the next bytes of the periodic stream are

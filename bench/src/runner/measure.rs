@@ -71,7 +71,6 @@ fn measure(
     port: u16,
     rec: &mut RunRecord,
 ) -> Result<(), String> {
-    let cfg = ctx.cfg;
     // Proxy rows: the upstream listens on port - 12000 (8000–19000: below the runner's server
     // ports 20000–31000 and its probe ports 19900–19999, and below the ephemeral range).
     let up_port = port - UPSTREAM_OFFSET;
@@ -99,6 +98,61 @@ fn measure(
         upstream: upstream.as_ref().map(Proc::pid),
         ticks: ctx.ticks,
     };
+    let run = Run {
+        ctx,
+        s,
+        w,
+        layout,
+        port,
+        watch: &watch,
+        load_log: &load_log,
+    };
+    let window = drive(&run, rec)?;
+    if let Some(status) = server.exited() {
+        return Err(format!(
+            "server died during the run ({status}); see {}",
+            server_log.display()
+        ));
+    }
+    if matches!(w.load, Load::Idle { .. }) {
+        // Let the kernel tear down the 2 x 10,000 sockets before the next run is measured.
+        server.kill();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    if let Some(win) = window {
+        fill(rec, w, &win)?;
+        if win.errors > 0 && win.requests == 0 {
+            return Err(format!("only errors; see {}", load_log.display()));
+        }
+    }
+    Ok(())
+}
+
+/// One run's settings, for [`drive`].
+struct Run<'a> {
+    ctx: &'a Ctx<'a>,
+    s: &'a ServerKind,
+    w: &'a Workload,
+    layout: &'a Layout,
+    port: u16,
+    watch: &'a Watch<'a>,
+    load_log: &'a Path,
+}
+
+/// Drives the running server with the workload's load; throughput-type loads return their
+/// window, idle and syscall loads fill `rec` themselves.
+fn drive(r: &Run<'_>, rec: &mut RunRecord) -> Result<Option<exec::Window>, String> {
+    let Run {
+        ctx,
+        s,
+        w,
+        layout,
+        port,
+        watch,
+        load_log,
+    } = *r;
+    let cfg = ctx.cfg;
+    let watch = *watch;
     let gen_args = |args: &[String], warmup: f64, duration: f64| -> Vec<String> {
         let mut v = vec!["--port".to_string(), port.to_string()];
         v.extend(args.iter().cloned());
@@ -120,9 +174,7 @@ fn measure(
         Load::Wrk { conns } => {
             let warm = cfg.warmup.ceil() as u64;
             let dur = (cfg.duration.round() as u64).max(1);
-            Some(drivers::run_wrk(
-                port, *conns, warm, dur, &watch, &load_log,
-            )?)
+            Some(drivers::run_wrk(port, *conns, warm, dur, &watch, load_log)?)
         }
         Load::Gen { args } => {
             let mut args = args.clone();
@@ -132,7 +184,7 @@ fn measure(
             }
             let args = gen_args(&args, cfg.warmup, cfg.duration);
             let budget = Duration::from_secs_f64(cfg.warmup + cfg.duration + 60.0);
-            Some(exec::run_loadgen(ctx.exe, &args, &watch, budget, &load_log)?.1)
+            Some(exec::run_loadgen(ctx.exe, &args, &watch, budget, load_log)?.1)
         }
         Load::Redis { conns, pipeline } => Some(drivers::run_redis(
             port,
@@ -140,7 +192,7 @@ fn measure(
             *pipeline,
             cfg.duration,
             &watch,
-            &load_log,
+            load_log,
         )?),
         Load::H2load { conns, depth } => Some(drivers::run_h2load(
             port,
@@ -148,10 +200,10 @@ fn measure(
             s.tls,
             (cfg.warmup, cfg.duration),
             &watch,
-            &load_log,
+            load_log,
         )?),
         Load::Idle { conns } => {
-            let m = exec::run_idle(ctx.exe, port, *conns, watch.server, &layout.load, &load_log)?;
+            let m = exec::run_idle(ctx.exe, port, *conns, watch.server, &layout.load, load_log)?;
             rec.idle_conns = m.connected;
             rec.rss_before_kib = m.rss_before_kib;
             rec.rss_kib = m.rss_after_kib;
@@ -165,7 +217,7 @@ fn measure(
             let out = ctx
                 .logs
                 .join(format!("{}-{}-{}.txt", w.id, s.name, rec.rep));
-            let m = syscalls::run_syscalls(*tool, ctx.exe, &args, &watch, &out, &load_log)?;
+            let m = syscalls::run_syscalls(*tool, ctx.exe, &args, &watch, &out, load_log)?;
             rec.syscalls = m.calls;
             rec.requests = m.requests;
             rec.throughput = m.throughput;
@@ -174,24 +226,7 @@ fn measure(
             None
         }
     };
-    if let Some(status) = server.exited() {
-        return Err(format!(
-            "server died during the run ({status}); see {}",
-            server_log.display()
-        ));
-    }
-    if matches!(w.load, Load::Idle { .. }) {
-        // Let the kernel tear down the 2 x 10,000 sockets before the next run is measured.
-        server.kill();
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    if let Some(win) = window {
-        fill(rec, w, &win)?;
-        if win.errors > 0 && win.requests == 0 {
-            return Err(format!("only errors; see {}", load_log.display()));
-        }
-    }
-    Ok(())
+    Ok(window)
 }
 
 /// The record of a throughput-type run from its window.

@@ -165,26 +165,7 @@ fn run(cfg: &Config) -> Result<(), String> {
 
     let single = Layout::single(ncpu);
     let scaled = Layout::scaled(ncpu);
-    let mut wls = workloads::workloads(cfg.rate);
-    match &cfg.only {
-        Some(only) => wls.retain(|w| only.iter().any(|o| w.id.starts_with(o.as_str()))),
-        None if cfg.quick => wls.retain(|w| w.quick),
-        None => {}
-    }
-    let tools = Tools::check(&wls);
-    wls.retain(|w| {
-        let why = match (tools.missing_for(w), w.scaled && scaled.is_none()) {
-            (Some(tool), _) => format!("{tool} is not installed"),
-            (None, true) => format!(
-                "not measured: scaling rows need at least 4 CPUs (half for the servers, half \
-                 for the load), this machine has {ncpu}"
-            ),
-            (None, false) => return true,
-        };
-        eprintln!("\n*** SKIPPING workload {}: {why}\n", w.id);
-        skipped.push((w.id.to_string(), why));
-        false
-    });
+    let wls = selected_workloads(cfg, ncpu, scaled.is_some(), &mut skipped);
     let plan: Vec<(&Workload, Vec<&ServerKind>)> = wls
         .iter()
         .map(|w| {
@@ -222,15 +203,73 @@ fn run(cfg: &Config) -> Result<(), String> {
         ticks,
     };
     let started = Instant::now();
+    let records = run_plan(&ctx, &plan, (&single, scaled.as_ref()), &mut raw_file)?;
+
+    let machine = report::Machine::collect(cfg, ncpu, &single, scaled.as_ref());
+    let groups: Vec<report::Group> = plan
+        .iter()
+        .map(|(w, rows)| report::Group::of(w, rows.iter().map(|s| s.name.clone()).collect()))
+        .collect();
+    let files = report::write_all(&out, &machine, &groups, &records, &skipped, &raw_path)?;
+    eprintln!(
+        "\nzerg-bench: done in {:.0} s; wrote {}",
+        started.elapsed().as_secs_f64(),
+        files.join(", ")
+    );
+    Ok(())
+}
+
+/// The workloads of this run: `--only`, or the quick set, minus those whose tool is missing or
+/// that this machine cannot run (said loudly, and listed in the results).
+fn selected_workloads(
+    cfg: &Config,
+    ncpu: usize,
+    can_scale: bool,
+    skipped: &mut Skipped,
+) -> Vec<Workload> {
+    let mut wls = workloads::workloads(cfg.rate);
+    match &cfg.only {
+        Some(only) => wls.retain(|w| only.iter().any(|o| w.id.starts_with(o.as_str()))),
+        None if cfg.quick => wls.retain(|w| w.quick),
+        None => {}
+    }
+    let tools = Tools::check(&wls);
+    wls.retain(|w| {
+        let why = match (tools.missing_for(w), w.scaled && !can_scale) {
+            (Some(tool), _) => format!("{tool} is not installed"),
+            (None, true) => format!(
+                "not measured: scaling rows need at least 4 CPUs (half for the servers, half \
+                 for the load), this machine has {ncpu}"
+            ),
+            (None, false) => return true,
+        };
+        eprintln!("\n*** SKIPPING workload {}: {why}\n", w.id);
+        skipped.push((w.id.to_string(), why));
+        false
+    });
+    wls
+}
+
+/// Runs the plan: for each workload, its rows in turn, `reps` times; each record goes to the
+/// raw file as it is made.
+fn run_plan(
+    ctx: &measure::Ctx<'_>,
+    plan: &[(&Workload, Vec<&ServerKind>)],
+    (single, scaled): (&Layout, Option<&Layout>),
+    raw_file: &mut fs::File,
+) -> Result<Vec<RunRecord>, String> {
+    let cfg = ctx.cfg;
+    let total: usize = plan.iter().map(|(w, r)| reps_of(cfg, w) * r.len()).sum();
+    let started = Instant::now();
     let mut records = Vec::new();
     let mut done = 0;
     let mut port = 20_000u16;
     let mut waited = 0.0;
-    for (w, rows) in &plan {
+    for (w, rows) in plan {
         let layout = if w.scaled {
-            scaled.as_ref().unwrap_or(&single)
+            scaled.unwrap_or(single)
         } else {
-            &single
+            single
         };
         let reps = reps_of(cfg, w);
         for rep in 0..reps {
@@ -240,8 +279,8 @@ fn run(cfg: &Config) -> Result<(), String> {
                 // run can interfere (below the ephemeral range, which starts at 32768).
                 port = if port >= 31_000 { 20_000 } else { port + 1 };
                 let budget_left = cfg.quiet_budget - waited;
-                waited += wait_quiet(cfg.quiet_wait.min(budget_left), ticks, layout);
-                let rec = measure::run_one(&ctx, s, w, layout, rep, port);
+                waited += wait_quiet(cfg.quiet_wait.min(budget_left), ctx.ticks, layout);
+                let rec = measure::run_one(ctx, s, w, layout, rep, port);
                 eprintln!(
                     "[{done:>3}/{total}] {:<20} rep {}/{} {:<16} {}   (elapsed {:.0} s)",
                     w.id,
@@ -257,19 +296,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             }
         }
     }
-
-    let machine = report::Machine::collect(cfg, ncpu, &single, scaled.as_ref());
-    let groups: Vec<report::Group> = plan
-        .iter()
-        .map(|(w, rows)| report::Group::of(w, rows.iter().map(|s| s.name.clone()).collect()))
-        .collect();
-    let files = report::write_all(&out, &machine, &groups, &records, &skipped, &raw_path)?;
-    eprintln!(
-        "\nzerg-bench: done in {:.0} s; wrote {}",
-        started.elapsed().as_secs_f64(),
-        files.join(", ")
-    );
-    Ok(())
+    Ok(records)
 }
 
 fn reps_of(cfg: &Config, w: &Workload) -> usize {

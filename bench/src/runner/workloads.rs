@@ -96,15 +96,7 @@ pub(crate) fn workloads(rate: u64) -> Vec<Workload> {
         w.per_conn = true;
         w
     };
-    let scaled = |mut w: Workload| {
-        w.scaled = true;
-        w
-    };
-    let buf = |mut w: Workload, b| {
-        w.buf_size = b;
-        w
-    };
-    vec![
+    let mut v = vec![
         slow(w(
             "http-c16",
             "HTTP keep-alive, 16 conns (wrk)",
@@ -153,6 +145,34 @@ pub(crate) fn workloads(rate: u64) -> Vec<Workload> {
             lg("--mode http --conns 256 --reqs-per-conn 10"),
             "req",
         )),
+    ];
+    v.extend(echo_and_aux_workloads(&w));
+    v.extend(family_workloads(w));
+    v
+}
+
+/// The suite's echo, churn, syscall, idle and scaling workloads.
+fn echo_and_aux_workloads(
+    w: &impl Fn(&'static str, &'static str, Family, &'static str, Load, &'static str) -> Workload,
+) -> Vec<Workload> {
+    use Family::*;
+    let slow = |mut w: Workload| {
+        w.quick = false;
+        w
+    };
+    let per_conn = |mut w: Workload| {
+        w.per_conn = true;
+        w
+    };
+    let scaled = |mut w: Workload| {
+        w.scaled = true;
+        w
+    };
+    let buf = |mut w: Workload, b| {
+        w.buf_size = b;
+        w
+    };
+    vec![
         {
             let mut x = w(
                 "echo-64B-c1",
@@ -248,6 +268,19 @@ pub(crate) fn workloads(rate: u64) -> Vec<Workload> {
             lg("--mode echo --conns 1024 --size 64"),
             "msg",
         )),
+    ]
+}
+
+/// The proxy, RESP, hyper and TLS workloads.
+fn family_workloads(
+    w: impl Fn(&'static str, &'static str, Family, &'static str, Load, &'static str) -> Workload,
+) -> Vec<Workload> {
+    use Family::*;
+    let slow = |mut w: Workload| {
+        w.quick = false;
+        w
+    };
+    vec![
         w(
             "proxy-echo-64B-c64",
             "proxy -> echo upstream, 64 B, 64 conns",

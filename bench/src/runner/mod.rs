@@ -342,7 +342,7 @@ fn wait_quiet(max_s: f64, ticks: f64, layout: &Layout) -> f64 {
         }
         if Instant::now() >= deadline {
             eprintln!(
-                "        still busy after {max_s} s ({}): running anyway",
+                "        still busy after {max_s:.1} s ({}): running anyway",
                 show()
             );
             return start.elapsed().as_secs_f64();

@@ -1,10 +1,12 @@
-//! The hyper peer: hyper 1.x HTTP/1.1 (keep-alive, pipelined requests answered in order, the
-//! responses of one read flushed together) on tokio `current_thread`, answering every request
-//! with "Hello, World!" (text/plain). With `--tls`, the same behind tokio-rustls (ring provider,
+//! The hyper peer: hyper 1.x HTTP/1.1 (keep-alive, pipelined requests answered in order) on
+//! tokio `current_thread`, answering every request with "Hello, World!" (text/plain). hyper's
+//! defaults, as in zerg's `hyper` example, so the rows differ only in the I/O underneath: each
+//! response is flushed on its own; `--pipeline-flush` aggregates the flushes of a pipelined
+//! batch (`http1::Builder::pipeline_flush`). With `--tls`, the same behind tokio-rustls (ring provider,
 //! TLS 1.3 and 1.2, ALPN http/1.1, a self-signed certificate for `localhost` and `127.0.0.1`
 //! generated at start-up); the handshake must finish within 10 s.
 //!
-//! `zerg-bench tokio-hyper --port P [--tls]`
+//! `zerg-bench tokio-hyper --port P [--tls] [--pipeline-flush]`
 
 use std::convert::Infallible;
 use std::io;
@@ -31,6 +33,7 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     let mut args = Args::parse(argv)?;
     let port: u16 = args.req("port")?;
     let tls = args.flag("tls")?;
+    let pipeline_flush = args.flag("pipeline-flush")?;
     args.finish()?;
     proto::raise_nofile_limit();
     let acceptor = if tls { Some(tls_acceptor()?) } else { None };
@@ -38,7 +41,7 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    rt.block_on(serve(port, acceptor))
+    rt.block_on(serve(port, acceptor, pipeline_flush))
         .map_err(|e| e.to_string())
 }
 
@@ -66,7 +69,7 @@ async fn hello(_: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible
     Ok(response)
 }
 
-async fn serve(port: u16, tls: Option<TlsAcceptor>) -> io::Result<()> {
+async fn serve(port: u16, tls: Option<TlsAcceptor>, pipeline_flush: bool) -> io::Result<()> {
     let socket = TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
     socket.bind((std::net::Ipv4Addr::LOCALHOST, port).into())?;
@@ -83,7 +86,7 @@ async fn serve(port: u16, tls: Option<TlsAcceptor>) -> io::Result<()> {
         let _ = stream.set_nodelay(true);
         match &tls {
             None => {
-                tokio::spawn(http(stream));
+                tokio::spawn(http(stream, pipeline_flush));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -92,7 +95,7 @@ async fn serve(port: u16, tls: Option<TlsAcceptor>) -> io::Result<()> {
                     let accepted =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
                     if let Ok(Ok(s)) = accepted {
-                        http(s).await;
+                        http(s, pipeline_flush).await;
                     }
                 });
             }
@@ -100,13 +103,14 @@ async fn serve(port: u16, tls: Option<TlsAcceptor>) -> io::Result<()> {
     }
 }
 
-async fn http<S>(io: S)
+async fn http<S>(io: S, pipeline_flush: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Errors (a client that resets, a malformed request) end this connection only.
     let _ = http1::Builder::new()
-        .pipeline_flush(true)
+        .keep_alive(true)
+        .pipeline_flush(pipeline_flush)
         .serve_connection(TokioIo::new(io), service_fn(hello))
         .await;
 }

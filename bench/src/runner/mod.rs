@@ -151,7 +151,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         exe: exe.clone(),
     };
     let mut skipped: Skipped = Vec::new();
-    if let Err(e) = rows::build_c_server(&paths.c_server) {
+    if let Err(e) = rows::build_c_server(&paths.c_server, true) {
         let _ = fs::remove_file(&paths.c_server);
         eprintln!(
             "\n*** C REFERENCE SERVER NOT BUILT: {e}\n*** its row is skipped and proxy upstreams use the tokio echo peer\n"
@@ -452,10 +452,10 @@ fn progress_line(w: &Workload, r: &RunRecord) -> String {
     }
 }
 
-/// Builds the C reference server to `out` (for the peers' tests).
+/// Builds the C reference server to `out` (for the peers' tests; installs nothing).
 #[cfg(test)]
 pub(crate) fn build_c_server_for_tests(out: &Path) -> Result<(), String> {
-    rows::build_c_server(out)
+    rows::build_c_server(out, false)
 }
 
 /// `YYYYmmdd-HHMMSS` (UTC) for file names.

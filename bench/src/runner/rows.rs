@@ -263,13 +263,14 @@ pub(crate) fn which(program: &str) -> Option<PathBuf> {
 }
 
 /// Builds the C reference server (`c-reference/uring_server.c`) into `out` with gcc against
-/// liburing (Debian: liburing-dev). Installs liburing-dev with apt-get if the header is missing.
-pub(crate) fn build_c_server(out: &Path) -> Result<(), String> {
+/// liburing (Debian: liburing-dev). With `install`, installs liburing-dev with apt-get if the
+/// header is missing.
+pub(crate) fn build_c_server(out: &Path, install: bool) -> Result<(), String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c-reference/uring_server.c");
     if which("gcc").is_none() {
         return Err("gcc is not installed".into());
     }
-    if !Path::new("/usr/include/liburing.h").exists() {
+    if install && !Path::new("/usr/include/liburing.h").exists() {
         eprintln!("zerg-bench: liburing.h is missing; trying apt-get install -y liburing-dev");
         let _ = Command::new("sh")
             .arg("-c")

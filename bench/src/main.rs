@@ -1,23 +1,27 @@
 //! zerg benchmark suite: peer servers, a load generator and a runner.
 //!
-//! Run everything (builds first, takes about half an hour with the defaults):
+//! Run everything (builds first; the full run is several hundred runs, see bench/README.md):
 //!
 //! ```text
-//! bench/run.sh                 # = cargo run -p zerg-bench --release -- all
-//! bench/run.sh --quick         # under three minutes, for a smoke test
+//! bench/run.sh                 # builds, then runs `zerg-bench all`
+//! bench/run.sh --quick         # every row once, under three minutes, for a smoke test
 //! ```
 //!
 //! Subcommands (each one is also usable by hand):
 //!
 //! ```text
-//! zerg-bench tokio   --port P --workload http|echo [--buf-size N]
-//! zerg-bench monoio  --port P --workload http|echo [--buf-size N] [--coop-taskrun]
-//! zerg-bench zerg    --port P --workload http|echo [--buf-size N] [--mode reactor|runtime]
-//!                    [--accept dedicated|per-reactor] [--incremental]
-//! zerg-bench loadgen --port P --mode echo|http|churn|idle --conns N [--depth D]
-//!                    [--size B] [--rate R] [--warmup S] [--duration S] [--threads T]
-//! zerg-bench all     [--quick] [--reps N] [--warmup S] [--duration S]
-//!                    [--only a,b] [--servers a,b] [--out DIR]
+//! zerg-bench tokio       --port P --workload http|echo [--buf-size N] [--threads N]
+//! zerg-bench monoio      --port P --workload http|echo [--buf-size N] [--coop-taskrun] [--threads N]
+//! zerg-bench zerg        --port P --workload http|echo [--buf-size N] [--mode reactor|runtime]
+//!                        [--accept dedicated|per-reactor] [--incremental] [--reactors N]
+//! zerg-bench tokio-proxy --port P --upstream HOST:PORT
+//! zerg-bench tokio-resp  --port P
+//! zerg-bench tokio-hyper --port P [--tls]
+//! zerg-bench loadgen     --port P --mode echo|http|churn|idle --conns N [--depth D] [--size B]
+//!                        [--rate R] [--reqs-per-conn K] [--any-http] [--batch N]
+//!                        [--warmup S] [--duration S] [--threads T]
+//! zerg-bench all         [--quick] [--reps N] [--warmup S] [--duration S] [--rate R]
+//!                        [--only a,b] [--servers a,b] [--out DIR] [--examples DIR]
 //! ```
 //!
 //! See `bench/README.md` for the method and its limits.
@@ -41,6 +45,9 @@ fn main() -> ExitCode {
         "tokio" => servers::tokio::main(rest),
         "monoio" => servers::monoio::main(rest),
         "zerg" => servers::zerg::main(rest),
+        "tokio-proxy" => servers::proxy::main(rest),
+        "tokio-resp" => servers::resp::main(rest),
+        "tokio-hyper" => servers::hyper::main(rest),
         "loadgen" => loadgen::main(rest),
         "all" | "run" => runner::main(rest),
         "-h" | "--help" | "help" => {
@@ -59,11 +66,15 @@ fn main() -> ExitCode {
 }
 
 const USAGE: &str = "usage:
-  zerg-bench tokio   --port P --workload http|echo [--buf-size N]
-  zerg-bench monoio  --port P --workload http|echo [--buf-size N] [--coop-taskrun]
-  zerg-bench zerg    --port P --workload http|echo [--buf-size N] [--mode reactor|runtime]
-                     [--accept dedicated|per-reactor] [--incremental]
-  zerg-bench loadgen --port P --mode echo|http|churn|idle --conns N [--depth D] [--size B]
-                     [--rate R] [--warmup SECS] [--duration SECS] [--threads T]
-  zerg-bench all     [--quick] [--reps N] [--warmup SECS] [--duration SECS]
-                     [--only WORKLOAD,..] [--servers NAME,..] [--out DIR]";
+  zerg-bench tokio       --port P --workload http|echo [--buf-size N] [--threads N]
+  zerg-bench monoio      --port P --workload http|echo [--buf-size N] [--coop-taskrun] [--threads N]
+  zerg-bench zerg        --port P --workload http|echo [--buf-size N] [--mode reactor|runtime]
+                         [--accept dedicated|per-reactor] [--incremental] [--reactors N]
+  zerg-bench tokio-proxy --port P --upstream HOST:PORT
+  zerg-bench tokio-resp  --port P
+  zerg-bench tokio-hyper --port P [--tls]
+  zerg-bench loadgen     --port P --mode echo|http|churn|idle --conns N [--depth D] [--size B]
+                         [--rate R] [--reqs-per-conn K] [--any-http] [--batch N]
+                         [--warmup SECS] [--duration SECS] [--threads T]
+  zerg-bench all         [--quick] [--reps N] [--warmup SECS] [--duration SECS] [--rate R]
+                         [--only WORKLOAD,..] [--servers NAME,..] [--out DIR] [--examples DIR]";

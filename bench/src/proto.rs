@@ -43,13 +43,15 @@ pub(crate) enum Workload {
     Echo,
 }
 
-/// The command line every server row accepts (zerg's included, later):
-/// `--port P --workload http|echo [--buf-size N]`.
-#[derive(Debug)]
+/// The command line every suite server row accepts:
+/// `--port P --workload http|echo [--buf-size N] [--threads N]` (zerg: `--reactors N`).
+#[derive(Debug, Clone)]
 pub(crate) struct ServerOpts {
     pub(crate) port: u16,
     pub(crate) workload: Workload,
     pub(crate) buf_size: usize,
+    /// Threads, each with its own runtime and its own SO_REUSEPORT listener (scaling rows).
+    pub(crate) threads: usize,
 }
 
 impl ServerOpts {
@@ -64,16 +66,45 @@ impl ServerOpts {
         if buf_size == 0 {
             return Err("--buf-size must be > 0".into());
         }
+        let threads = args.get("threads", 1)?;
+        if threads == 0 {
+            return Err("--threads must be > 0".into());
+        }
         Ok(Self {
             port,
             workload,
             buf_size,
+            threads,
         })
     }
 
     pub(crate) fn addr(&self) -> std::net::SocketAddr {
         (std::net::Ipv4Addr::LOCALHOST, self.port).into()
     }
+}
+
+/// Runs `serve` on `opts.threads` threads (one when 1: on this thread) and returns the first
+/// error. Each thread builds its own runtime and listener (thread per core).
+pub(crate) fn per_thread(
+    opts: &ServerOpts,
+    serve: impl Fn(ServerOpts) -> Result<(), String> + Send + Sync,
+) -> Result<(), String> {
+    if opts.threads == 1 {
+        return serve(opts.clone());
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..opts.threads)
+            .map(|_| s.spawn(|| serve(opts.clone())))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a server thread panicked".into()))
+            })
+            .find(Result::is_err)
+            .unwrap_or(Ok(()))
+    })
 }
 
 /// Raises the soft open-file limit to the hard limit (10,000 idle

@@ -2,7 +2,7 @@
 //! Every process here is a child of the runner and is ended by its PID.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,13 +10,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::cpus::Layout;
 use super::procfs;
 use crate::loadgen::{Event, LoadResult};
-
-/// CPU the servers are pinned to.
-pub(crate) const SERVER_CPU: usize = 0;
-/// CPU the load generators are pinned to.
-pub(crate) const LOAD_CPU: usize = 1;
 
 /// A child process that is killed (by PID) and reaped when dropped.
 #[derive(Debug)]
@@ -25,10 +21,10 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    /// Starts `cmd` pinned to `cpu` with `taskset` (which execs the command,
+    /// Starts `cmd` pinned to `cpus` with `taskset` (which execs the command,
     /// so the PID is the command's own).
     pub(crate) fn spawn_pinned(
-        cpu: usize,
+        cpus: &[usize],
         cmd: &[String],
         env: &[(String, String)],
         stdout: Stdio,
@@ -41,7 +37,7 @@ impl Proc {
             .map_err(|e| format!("{}: {e}", log.display()))?;
         let child = Command::new("taskset")
             .arg("-c")
-            .arg(cpu.to_string())
+            .arg(super::cpus::list(cpus))
             .args(cmd)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -124,36 +120,59 @@ pub(crate) fn wait_listening(
     }
 }
 
-/// CPU counters of one instant: the server and load processes
-/// (`/proc/PID/stat`) and the busy time of both CPUs (`/proc/stat`).
+/// What is measured in a run: the processes and the CPUs they are pinned to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Watch<'a> {
+    pub(crate) layout: &'a Layout,
+    pub(crate) server: u32,
+    /// A proxy's upstream.
+    pub(crate) upstream: Option<u32>,
+    /// Clock ticks per second of /proc times.
+    pub(crate) ticks: f64,
+}
+
+/// CPU counters of one instant: the processes (`/proc/PID/stat`) and the busy time of their
+/// CPUs (`/proc/stat`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Snap {
     at: Instant,
     server: u64,
     load: u64,
+    upstream: u64,
     server_core: u64,
     load_core: u64,
 }
 
+fn busy(cpus: &[usize]) -> u64 {
+    cpus.iter()
+        .map(|&c| procfs::cpu_busy_ticks(c).unwrap_or(0))
+        .sum()
+}
+
 impl Snap {
     /// `load_pid` None: a load process that has not started yet (0 ticks).
-    pub(crate) fn take(server_pid: u32, load_pid: Option<u32>) -> Self {
+    pub(crate) fn take(w: &Watch<'_>, load_pid: Option<u32>) -> Self {
         Self {
             at: Instant::now(),
-            server: procfs::cpu_ticks(server_pid).unwrap_or(0),
+            server: procfs::cpu_ticks(w.server).unwrap_or(0),
             load: load_pid.and_then(procfs::cpu_ticks).unwrap_or(0),
-            server_core: procfs::cpu_busy_ticks(SERVER_CPU).unwrap_or(0),
-            load_core: procfs::cpu_busy_ticks(LOAD_CPU).unwrap_or(0),
+            upstream: w.upstream.and_then(procfs::cpu_ticks).unwrap_or(0),
+            server_core: busy(&w.layout.server),
+            load_core: busy(&w.layout.load),
         }
     }
 
-    /// CPU seconds used between `self` and `later`.
-    pub(crate) fn until(&self, later: &Snap, ticks_per_s: f64) -> Usage {
-        let d = |a: u64, b: u64| b.saturating_sub(a) as f64 / ticks_per_s;
+    /// CPU used between `self` and `later`.
+    pub(crate) fn until(&self, later: &Snap, w: &Watch<'_>) -> Usage {
+        let d = |a: u64, b: u64| b.saturating_sub(a) as f64 / w.ticks;
         Usage {
             wall_s: later.at.duration_since(self.at).as_secs_f64(),
             server_s: d(self.server, later.server),
             load_s: d(self.load, later.load),
+            upstream_s: w.upstream.map(|_| d(self.upstream, later.upstream)),
+            upstream_on_load: w.layout.upstream_on_load(),
+            server_cpus: w.layout.server.len(),
+            load_cpus: w.layout.load.len(),
             server_core_s: d(self.server_core, later.server_core),
             load_core_s: d(self.load_core, later.load_core),
         }
@@ -168,52 +187,84 @@ pub(crate) struct Usage {
     pub(crate) server_s: f64,
     /// Load generator process.
     pub(crate) load_s: f64,
-    /// Everything that ran on the server's CPU (tick-sampled at CONFIG_HZ).
+    /// A proxy's upstream process.
+    pub(crate) upstream_s: Option<f64>,
+    pub(crate) upstream_on_load: bool,
+    pub(crate) server_cpus: usize,
+    pub(crate) load_cpus: usize,
+    /// Everything that ran on the server's CPUs (tick-sampled at CONFIG_HZ).
     pub(crate) server_core_s: f64,
-    /// Everything that ran on the load CPU.
+    /// Everything that ran on the load CPUs.
     pub(crate) load_core_s: f64,
 }
 
 impl Usage {
-    /// Share of a core that other tasks used on the server's CPU and on the
-    /// load CPU: (server core, load core). Near 0 in a clean run (softirq
-    /// and kernel threads serving the benchmark's own traffic); a build or
-    /// another VM's work on the same core shows up here.
+    fn per_cpu(&self, s: f64, cpus: usize) -> f64 {
+        s / self.wall_s.max(1e-9) / cpus.max(1) as f64
+    }
+
+    /// Share of its CPUs the server used.
+    pub(crate) fn server_util(&self) -> f64 {
+        self.per_cpu(self.server_s, self.server_cpus)
+    }
+
+    /// CPU seconds of the load side: the load generator, plus the upstream when it shares the
+    /// load CPUs.
+    pub(crate) fn load_side_s(&self) -> f64 {
+        self.load_s
+            + if self.upstream_on_load {
+                self.upstream_s.unwrap_or(0.0)
+            } else {
+                0.0
+            }
+    }
+
+    /// Share of its CPUs the load side used.
+    pub(crate) fn load_util(&self) -> f64 {
+        self.per_cpu(self.load_side_s(), self.load_cpus)
+    }
+
+    /// Share of their CPUs that other tasks used on the server's and on the load CPUs:
+    /// (server side, load side). Near 0 in a clean run (softirq and kernel threads serving the
+    /// benchmark's own traffic); a build or another VM's work on the same CPUs shows up here.
     pub(crate) fn foreign(&self) -> (f64, f64) {
-        let w = self.wall_s.max(1e-9);
         (
-            ((self.server_core_s - self.server_s) / w).max(0.0),
-            ((self.load_core_s - self.load_s) / w).max(0.0),
+            self.per_cpu(self.server_core_s - self.server_s, self.server_cpus)
+                .max(0.0),
+            self.per_cpu(self.load_core_s - self.load_side_s(), self.load_cpus)
+                .max(0.0),
         )
     }
 }
 
 /// What one measured load window produced.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Window {
     pub(crate) requests: u64,
     pub(crate) throughput: f64,
+    pub(crate) conns_completed: u64,
     pub(crate) p50_us: Option<f64>,
     pub(crate) p99_us: Option<f64>,
     pub(crate) p999_us: Option<f64>,
     pub(crate) errors: u64,
     pub(crate) usage: Usage,
     pub(crate) server_rss_kib: u64,
+    /// The load generator's own CPU seconds (getrusage), our load generator only.
+    pub(crate) load_self_s: Option<f64>,
 }
 
-/// Runs our load generator against `server_pid`, sampling both processes'
-/// CPU time at the `measure_start` and `result` events.
+/// Runs our load generator (pinned to the load CPUs), sampling every process's CPU time at the
+/// `measure_start` and `result` events.
 pub(crate) fn run_loadgen(
     exe: &Path,
     args: &[String],
-    server_pid: u32,
+    w: &Watch<'_>,
     budget: Duration,
     log: &Path,
-    ticks_per_s: f64,
 ) -> Result<(LoadResult, Window), String> {
     let mut cmd = vec![exe.display().to_string(), "loadgen".to_string()];
     cmd.extend(args.iter().cloned());
-    let mut lg = Proc::spawn_pinned(LOAD_CPU, &cmd, &[], Stdio::piped(), log)?;
+    let mut lg = Proc::spawn_pinned(&w.layout.load, &cmd, &[], Stdio::piped(), log)?;
     let events = event_lines(lg.stdout().ok_or("no loadgen stdout")?);
     let deadline = Instant::now() + budget;
     let mut start: Option<Snap> = None;
@@ -235,25 +286,25 @@ pub(crate) fn run_loadgen(
         let event: Event =
             serde_json::from_str(&line).map_err(|e| format!("loadgen output {line:?}: {e}"))?;
         match event {
-            Event::MeasureStart => start = Some(Snap::take(server_pid, Some(lg.pid()))),
+            Event::MeasureStart => start = Some(Snap::take(w, Some(lg.pid()))),
             Event::Result(r) => {
-                let end = Snap::take(server_pid, Some(lg.pid()));
-                let rss = procfs::rss_kib(server_pid).unwrap_or(0);
-                let usage = start
-                    .ok_or("result before measure_start")?
-                    .until(&end, ticks_per_s);
+                let end = Snap::take(w, Some(lg.pid()));
+                let rss = procfs::rss_kib(w.server).unwrap_or(0);
+                let usage = start.ok_or("result before measure_start")?.until(&end, w);
                 lg.wait_timeout(Duration::from_secs(5));
-                let w = Window {
+                let win = Window {
                     requests: r.requests,
                     throughput: r.throughput,
+                    conns_completed: r.conns_completed,
                     p50_us: Some(r.p50_us),
                     p99_us: Some(r.p99_us),
                     p999_us: Some(r.p999_us),
                     errors: r.errors,
                     usage,
                     server_rss_kib: rss,
+                    load_self_s: Some(r.cpu_s),
                 };
-                return Ok((r, w));
+                return Ok((r, win));
             }
             Event::Ready { .. } => return Err("unexpected ready event".into()),
         }
@@ -262,7 +313,7 @@ pub(crate) fn run_loadgen(
 
 /// Forwards the lines of a child's stdout to a channel (a reader thread
 /// makes timeouts possible).
-fn event_lines(out: std::process::ChildStdout) -> mpsc::Receiver<String> {
+pub(crate) fn event_lines(out: std::process::ChildStdout) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(out).lines() {
@@ -273,73 +324,6 @@ fn event_lines(out: std::process::ChildStdout) -> mpsc::Receiver<String> {
         }
     });
     rx
-}
-
-/// Runs wrk (`-t1`, keep-alive, `--latency`) pinned to the load CPU: an
-/// unmeasured warm-up run, then the measured one.
-pub(crate) fn run_wrk(
-    port: u16,
-    conns: usize,
-    warmup_s: u64,
-    duration_s: u64,
-    server_pid: u32,
-    log: &Path,
-    ticks_per_s: f64,
-) -> Result<Window, String> {
-    let url = format!("http://127.0.0.1:{port}/plaintext");
-    let cmd = |secs: u64| -> Vec<String> {
-        [
-            "wrk",
-            "-t1",
-            &format!("-c{conns}"),
-            &format!("-d{secs}s"),
-            "--latency",
-            &url,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    if warmup_s > 0 {
-        let mut w = Proc::spawn_pinned(LOAD_CPU, &cmd(warmup_s), &[], Stdio::null(), log)?;
-        if !w.wait_timeout(Duration::from_secs(warmup_s + 30)) {
-            return Err("wrk warm-up did not finish".into());
-        }
-    }
-    let start = Snap::take(server_pid, None);
-    let mut wrk = Proc::spawn_pinned(LOAD_CPU, &cmd(duration_s), &[], Stdio::piped(), log)?;
-    let mut out = String::new();
-    let mut stdout = wrk.stdout().ok_or("no wrk stdout")?;
-    // wrk ends by itself after `duration_s`; its stdout closes when it exits.
-    let reader = thread::spawn(move || {
-        let _ = stdout.read_to_string(&mut out);
-        out
-    });
-    let deadline = Instant::now() + Duration::from_secs(duration_s + 30);
-    while !reader.is_finished() {
-        if Instant::now() >= deadline {
-            wrk.kill();
-            return Err("wrk did not finish".into());
-        }
-        thread::sleep(Duration::from_millis(2));
-    }
-    // stdout is closed: wrk has exited and is a zombie until reaped, its
-    // CPU times still readable.
-    let end = Snap::take(server_pid, Some(wrk.pid()));
-    let rss = procfs::rss_kib(server_pid).unwrap_or(0);
-    wrk.wait_timeout(Duration::from_secs(5));
-    let out = reader.join().map_err(|_| "wrk reader panicked")?;
-    let parsed = super::wrk::parse(&out).map_err(|e| format!("{e}; wrk said:\n{out}"))?;
-    Ok(Window {
-        requests: parsed.requests,
-        throughput: parsed.requests_per_s,
-        p50_us: parsed.p50_us,
-        p99_us: parsed.p99_us,
-        p999_us: None,
-        errors: parsed.errors,
-        usage: start.until(&end, ticks_per_s),
-        server_rss_kib: rss,
-    })
 }
 
 /// Server memory for `conns` idle connections.
@@ -357,6 +341,7 @@ pub(crate) fn run_idle(
     port: u16,
     conns: usize,
     server_pid: u32,
+    load_cpus: &[usize],
     log: &Path,
 ) -> Result<IdleMeasure, String> {
     thread::sleep(Duration::from_millis(300));
@@ -378,7 +363,7 @@ pub(crate) fn run_idle(
         hold.to_string(),
     ]
     .into();
-    let mut lg = Proc::spawn_pinned(LOAD_CPU, &cmd, &[], Stdio::piped(), log)?;
+    let mut lg = Proc::spawn_pinned(load_cpus, &cmd, &[], Stdio::piped(), log)?;
     let events = event_lines(lg.stdout().ok_or("no loadgen stdout")?);
     let line = events
         .recv_timeout(Duration::from_secs(hold))
@@ -414,187 +399,7 @@ pub(crate) fn run_idle(
     })
 }
 
-/// How syscalls are counted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SyscallTool {
-    /// `perf stat -e raw_syscalls:sys_enter -p PID`: a tracepoint counter,
-    /// cheap enough that the server runs at nearly full speed.
-    Perf,
-    /// `strace -c -f -p PID`: ptrace stops on every call (the server runs
-    /// several times slower, which can change its batching) but names them.
-    Strace,
-}
-
-impl SyscallTool {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            SyscallTool::Perf => "perf",
-            SyscallTool::Strace => "strace",
-        }
-    }
-}
-
-/// Syscalls of the server during one loadgen run (no warm-up).
-#[derive(Debug)]
-pub(crate) struct SyscallMeasure {
-    pub(crate) calls: u64,
-    pub(crate) requests: u64,
-    pub(crate) throughput: f64,
-    /// The most frequent calls, strace only: "name calls, ...".
-    pub(crate) top: String,
-}
-
-pub(crate) fn run_syscalls(
-    tool: SyscallTool,
-    exe: &Path,
-    loadgen_args: &[String],
-    server_pid: u32,
-    out_file: &Path,
-    log: &Path,
-    ticks_per_s: f64,
-) -> Result<SyscallMeasure, String> {
-    let out = out_file.display().to_string();
-    let pid = server_pid.to_string();
-    let cmd: Vec<String> = match tool {
-        SyscallTool::Perf => vec![
-            "perf".into(),
-            "stat".into(),
-            "-x,".into(),
-            "-e".into(),
-            "raw_syscalls:sys_enter".into(),
-            "-p".into(),
-            pid,
-            "-o".into(),
-            out,
-        ],
-        SyscallTool::Strace => vec![
-            "strace".into(),
-            "-c".into(),
-            "-f".into(),
-            "-p".into(),
-            pid,
-            "-o".into(),
-            out,
-        ],
-    };
-    // The tool shares the load CPU; it mostly sleeps (perf) or is the
-    // price of tracing (strace).
-    let tracer = Proc::spawn_pinned(LOAD_CPU, &cmd, &[], Stdio::null(), log)?;
-    settle(tracer.pid());
-    let result = run_loadgen(
-        exe,
-        loadgen_args,
-        server_pid,
-        Duration::from_secs(60),
-        log,
-        ticks_per_s,
-    );
-    tracer.interrupt();
-    let mut tracer = tracer;
-    tracer.wait_timeout(Duration::from_secs(10));
-    let (r, _) = result?;
-    let text =
-        std::fs::read_to_string(out_file).map_err(|e| format!("{}: {e}", out_file.display()))?;
-    let (calls, top) = match tool {
-        SyscallTool::Perf => (parse_perf(&text)?, String::new()),
-        SyscallTool::Strace => parse_strace(&text)?,
-    };
-    if r.requests == 0 {
-        return Err("no requests completed under the tracer".into());
-    }
-    Ok(SyscallMeasure {
-        calls,
-        requests: r.requests,
-        throughput: r.throughput,
-        top,
-    })
-}
-
-/// Waits until a freshly started tool has attached: its CPU time stops
-/// growing for 300 ms (perf spends a while parsing tracepoint formats, and
-/// must not compete with the load generator on its CPU). At most 10 s.
-fn settle(pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    thread::sleep(Duration::from_millis(200));
-    let mut last = procfs::cpu_ticks(pid);
-    let mut quiet_since = Instant::now();
-    while Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-        let now = procfs::cpu_ticks(pid);
-        if now != last {
-            quiet_since = Instant::now();
-        } else if quiet_since.elapsed() >= Duration::from_millis(300) {
-            return;
-        }
-        last = now;
-    }
-}
-
-/// `perf stat -x,` output: `12345,,raw_syscalls:sys_enter,...`.
-fn parse_perf(text: &str) -> Result<u64, String> {
-    text.lines()
-        .find(|l| l.contains("raw_syscalls:sys_enter"))
-        .and_then(|l| l.split(',').next())
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| format!("no syscall count in perf output:\n{text}"))
-}
-
-/// `strace -c` table: total calls and the three most frequent syscalls.
-fn parse_strace(text: &str) -> Result<(u64, String), String> {
-    let mut rows: Vec<(String, u64)> = Vec::new();
-    let mut total = None;
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 5 || f[0].parse::<f64>().is_err() {
-            continue;
-        }
-        let Ok(calls) = f[3].parse::<u64>() else {
-            continue;
-        };
-        let name = f[f.len() - 1].to_string();
-        if name == "total" {
-            total = Some(calls);
-        } else {
-            rows.push((name, calls));
-        }
-    }
-    let total = total.ok_or_else(|| format!("no total in strace output:\n{text}"))?;
-    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
-    let top = rows
-        .iter()
-        .take(3)
-        .map(|(n, c)| format!("{n} {c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    Ok((total, top))
-}
-
 /// A log file path for one process of one run.
 pub(crate) fn log_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.log"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strace_summary() {
-        let text = "% time     seconds  usecs/call     calls    errors syscall\n\
------- ----------- ----------- --------- --------- ----------------\n\
- 60.00    0.006000           3      2000           write\n\
- 39.00    0.003900           1      3000      1000 read\n\
-  1.00    0.000100           5        20           epoll_wait\n\
------- ----------- ----------- --------- --------- ----------------\n\
-100.00    0.010000           2      5020      1000 total\n";
-        let (total, top) = parse_strace(text).unwrap();
-        assert_eq!(total, 5020);
-        assert_eq!(top, "read 3000, write 2000, epoll_wait 20");
-    }
-
-    #[test]
-    fn perf_csv() {
-        let text = "# started on x\n\n123456,,raw_syscalls:sys_enter,1000,100.00,,\n";
-        assert_eq!(parse_perf(text).unwrap(), 123456);
-    }
 }

@@ -1,13 +1,21 @@
-//! The runner: every workload against every server, interleaved
-//! (A B C A B C …), server on CPU 0 and load on CPU 1, results to
-//! `bench/results/`.
+//! The runner: every workload against every server row of its family, interleaved
+//! (A B C A B C …), server and load generator on CPUs of their own ([`cpus`]), results to
+//! `bench/results/` (or `bench/results/<machine>/` on a machine other than the two-CPU
+//! reference).
 //!
-//! Two tables decide what runs: [`server_kinds`] (the rows)
-//! and [`workloads`] (the row groups).
+//! The tables that decide what runs: [`rows::server_kinds`] (the rows) and
+//! [`workloads::workloads`] (the row groups).
 
+mod cpus;
+mod drivers;
 mod exec;
+mod measure;
 mod procfs;
+mod record;
 mod report;
+mod rows;
+mod syscalls;
+mod workloads;
 mod wrk;
 
 use std::fs;
@@ -16,243 +24,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::args::Args;
-use exec::{Proc, SyscallTool};
+use cpus::Layout;
+use exec::Proc;
+use rows::{Paths, ServerKind};
+use workloads::{Load, Workload};
 
-/// One server row. The runner starts `cmd` followed by
-/// `--port P --workload http|echo --buf-size N`, pinned to CPU 0, and stops it
-/// with SIGKILL after the run. The server must listen on 127.0.0.1:P (or
-/// 0.0.0.0:P) and do the work described in `crate::proto`.
-#[derive(Clone, Debug)]
-pub(crate) struct ServerKind {
-    pub(crate) name: String,
-    pub(crate) cmd: Vec<String>,
-    pub(crate) env: Vec<(String, String)>,
-}
-
-impl ServerKind {
-    fn new(name: &str, cmd: &[&str]) -> Self {
-        Self {
-            name: name.to_string(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            env: Vec::new(),
-        }
-    }
-}
-
-/// The server rows, in table order; the first one is the baseline of the
-/// "× tokio" ratios. `exe` is this binary. A new row only needs a command that
-/// accepts the arguments above.
-fn server_kinds(exe: &str) -> Vec<ServerKind> {
-    vec![
-        ServerKind::new("tokio", &[exe, "tokio"]),
-        ServerKind::new("monoio", &[exe, "monoio"]),
-        ServerKind::new("monoio-coop", &[exe, "monoio", "--coop-taskrun"]),
-        // zerg, one row per mode: handlers on the reactor thread with per-reactor accept (the
-        // thread-per-core setup), then one dimension changed at a time.
-        ServerKind::new(
-            "zerg",
-            &[exe, "zerg", "--mode", "reactor", "--accept", "per-reactor"],
-        ),
-        ServerKind::new(
-            "zerg-dedicated",
-            &[exe, "zerg", "--mode", "reactor", "--accept", "dedicated"],
-        ),
-        ServerKind::new(
-            "zerg-inc",
-            &[
-                exe,
-                "zerg",
-                "--mode",
-                "reactor",
-                "--accept",
-                "per-reactor",
-                "--incremental",
-            ],
-        ),
-        ServerKind::new(
-            "zerg-runtime",
-            &[exe, "zerg", "--mode", "runtime", "--accept", "dedicated"],
-        ),
-    ]
-}
-
-/// How a workload drives the server.
-#[derive(Clone, Debug)]
-enum Load {
-    /// wrk, one thread, keep-alive, `conns` connections.
-    Wrk { conns: usize },
-    /// Our load generator with these arguments (port and timing added).
-    Gen { args: Vec<String> },
-    /// `conns` idle connections: server RSS delta per connection.
-    Idle { conns: usize },
-    /// Server syscalls per request during a loadgen run.
-    Syscalls {
-        tool: SyscallTool,
-        args: Vec<String>,
-    },
-}
-
-/// One row group.
-#[derive(Clone, Debug)]
-struct Workload {
-    id: &'static str,
-    title: &'static str,
-    /// Server `--workload`.
-    server: &'static str,
-    buf_size: usize,
-    load: Load,
-    /// The unit of one "request" in the table.
-    unit: &'static str,
-}
-
-fn loadgen_args(s: &str) -> Load {
-    Load::Gen {
-        args: s.split_whitespace().map(String::from).collect(),
-    }
-}
-
-fn syscalls(tool: SyscallTool) -> Load {
-    Load::Syscalls {
-        tool,
-        // "Under load": as many connections as the keep-alive rows' larger group.
-        args: "--mode http --conns 256 --depth 1"
-            .split_whitespace()
-            .map(String::from)
-            .collect(),
-    }
-}
-
-const KIB: usize = 1024;
-
-/// A run is "disturbed" when other tasks used more than this share of the
-/// server's or the load generator's core during its window (tick-sampled
-/// /proc/stat, so a few percent of noise; clean runs stay well below).
-const DISTURBED: f64 = 0.2;
-
-fn workloads(rate: u64) -> Vec<Workload> {
-    let w = |id, title, server, buf_size, load, unit| Workload {
-        id,
-        title,
-        server,
-        buf_size,
-        load,
-        unit,
-    };
-    let rate_args = format!("--mode http --conns 64 --depth 1 --rate {rate}");
-    vec![
-        w(
-            "http-c16",
-            "HTTP keep-alive, 16 conns (wrk)",
-            "http",
-            16 * KIB,
-            Load::Wrk { conns: 16 },
-            "req",
-        ),
-        w(
-            "http-c256",
-            "HTTP keep-alive, 256 conns (wrk)",
-            "http",
-            16 * KIB,
-            Load::Wrk { conns: 256 },
-            "req",
-        ),
-        w(
-            "http-pipe16-c256",
-            "HTTP pipelined x16, 256 conns",
-            "http",
-            16 * KIB,
-            loadgen_args("--mode http --conns 256 --depth 16"),
-            "req",
-        ),
-        w(
-            "http-rate",
-            "HTTP fixed rate, 64 conns",
-            "http",
-            16 * KIB,
-            loadgen_args(&rate_args),
-            "req",
-        ),
-        w(
-            "echo-64B-c1",
-            "echo 64 B, 1 conn",
-            "echo",
-            16 * KIB,
-            loadgen_args("--mode echo --conns 1 --size 64"),
-            "msg",
-        ),
-        w(
-            "echo-64B-c64",
-            "echo 64 B, 64 conns",
-            "echo",
-            16 * KIB,
-            loadgen_args("--mode echo --conns 64 --size 64"),
-            "msg",
-        ),
-        w(
-            "echo-64B-c1024",
-            "echo 64 B, 1,024 conns",
-            "echo",
-            16 * KIB,
-            loadgen_args("--mode echo --conns 1024 --size 64"),
-            "msg",
-        ),
-        w(
-            "echo-16KiB-c16",
-            "echo 16 KiB, 16 conns, 16 KiB buffers",
-            "echo",
-            16 * KIB,
-            loadgen_args("--mode echo --conns 16 --size 16KiB"),
-            "msg",
-        ),
-        w(
-            "echo-1MiB-c4",
-            "echo 1 MiB, 4 conns, 1 MiB buffers",
-            "echo",
-            1024 * KIB,
-            loadgen_args("--mode echo --conns 4 --size 1MiB"),
-            "msg",
-        ),
-        w(
-            "churn-c16",
-            "connect, 1 request, close (RST); 16 at a time",
-            "http",
-            16 * KIB,
-            loadgen_args("--mode churn --conns 16"),
-            "conn",
-        ),
-        w(
-            "syscalls-perf",
-            "syscalls/request, HTTP 256 conns (perf tracepoint)",
-            "http",
-            16 * KIB,
-            syscalls(SyscallTool::Perf),
-            "req",
-        ),
-        w(
-            "syscalls-strace",
-            "syscalls/request, HTTP 256 conns (strace -c)",
-            "http",
-            16 * KIB,
-            syscalls(SyscallTool::Strace),
-            "req",
-        ),
-        w(
-            "idle-10k",
-            "10,000 idle connections",
-            "http",
-            16 * KIB,
-            Load::Idle { conns: 10_000 },
-            "conn",
-        ),
-    ]
-}
+pub(crate) use record::RunRecord;
 
 /// Run settings.
 #[derive(Debug)]
-struct Config {
+pub(crate) struct Config {
     quick: bool,
     reps: usize,
     /// Reps of the idle and syscall groups (slower, and less noisy).
@@ -260,51 +42,14 @@ struct Config {
     warmup: f64,
     duration: f64,
     rate: u64,
-    /// Before each run, wait up to this long for both CPUs to be quiet ...
+    /// Before each run, wait up to this long for the CPUs to be quiet ...
     quiet_wait: f64,
     /// ... as long as all waits together stay under this.
     quiet_budget: f64,
     only: Option<Vec<String>>,
     servers: Option<Vec<String>>,
-    out: PathBuf,
-}
-
-/// One run, as stored in `raw/runs-*.jsonl`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct RunRecord {
-    pub(crate) workload: String,
-    pub(crate) server: String,
-    pub(crate) rep: usize,
-    pub(crate) error: Option<String>,
-    pub(crate) requests: u64,
-    pub(crate) throughput: f64,
-    pub(crate) cpu_us_per_req: f64,
-    /// Busy time of the server's whole core per request (server, softirq,
-    /// kernel threads such as ksoftirqd; anything else pinned there).
-    pub(crate) core_us_per_req: f64,
-    pub(crate) server_cpu_util: f64,
-    pub(crate) load_cpu_util: f64,
-    /// The load generator used >= 95% of its core while the server used
-    /// < 95% of its own: the throughput is the load generator's limit.
-    pub(crate) load_bound: bool,
-    /// Share of a core used by other tasks on the server's / the load CPU.
-    pub(crate) foreign_server_core: f64,
-    pub(crate) foreign_load_core: f64,
-    /// Another task used more than [`DISTURBED`] of either core: the run
-    /// is kept in the raw data but left out of the medians (when clean runs
-    /// of the same cell exist).
-    pub(crate) disturbed: bool,
-    pub(crate) p50_us: Option<f64>,
-    pub(crate) p99_us: Option<f64>,
-    pub(crate) p999_us: Option<f64>,
-    pub(crate) errors: u64,
-    pub(crate) rss_kib: u64,
-    pub(crate) idle_conns: usize,
-    pub(crate) rss_before_kib: u64,
-    pub(crate) bytes_per_conn: f64,
-    pub(crate) syscalls: u64,
-    pub(crate) syscalls_per_req: f64,
-    pub(crate) top_syscalls: String,
+    out: Option<PathBuf>,
+    examples: Option<PathBuf>,
 }
 
 pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
@@ -315,16 +60,15 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
         quick,
         reps: a.get("reps", if quick { 1 } else { 5 })?,
         aux_reps: a.get("aux-reps", if quick { 1 } else { 2 })?,
-        warmup: a.get("warmup", if quick { 0.3 } else { 2.0 })?,
-        duration: a.get("duration", if quick { 1.0 } else { 10.0 })?,
+        warmup: a.get("warmup", if quick { 0.2 } else { 2.0 })?,
+        duration: a.get("duration", if quick { 0.5 } else { 10.0 })?,
         rate: a.get("rate", 50_000)?,
-        quiet_wait: a.get("quiet-wait", if quick { 1.0 } else { 15.0 })?,
-        quiet_budget: a.get("quiet-budget", if quick { 15.0 } else { 900.0 })?,
+        quiet_wait: a.get("quiet-wait", if quick { 0.5 } else { 15.0 })?,
+        quiet_budget: a.get("quiet-budget", if quick { 10.0 } else { 900.0 })?,
         only: list(a.opt("only")?),
         servers: list(a.opt("servers")?),
-        out: a
-            .opt::<PathBuf>("out")?
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("results")),
+        out: a.opt("out")?,
+        examples: a.opt("examples")?,
     };
     a.finish()?;
     if cfg.reps == 0 || cfg.duration <= 0.0 {
@@ -334,106 +78,211 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     run(&cfg)
 }
 
+/// `bench/results` on the two-CPU reference machine, else `bench/results/<cpu>-<n>cpu`.
+fn default_out(ncpu: usize, model: &str) -> PathBuf {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    if ncpu == 2 {
+        return base;
+    }
+    let slug: String = model
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let slug = slug
+        .split('-')
+        .filter(|p| !p.is_empty())
+        .take(4)
+        .collect::<Vec<_>>()
+        .join("-");
+    base.join(format!("{slug}-{ncpu}cpu"))
+}
+
+/// A row or workload that was not measured, and why.
+type Skipped = Vec<(String, String)>;
+
+/// The rows that can run here: filtered by `--servers`, missing binaries and failed start-ups
+/// skipped loudly.
+fn usable_rows(cfg: &Config, paths: &Paths, logs: &Path, skipped: &mut Skipped) -> Vec<ServerKind> {
+    let mut servers = rows::server_kinds(paths);
+    if let Some(only) = &cfg.servers {
+        servers.retain(|s| only.contains(&s.name));
+    }
+    let mut probe_port = 19_900;
+    servers.retain(|s| {
+        probe_port += 1;
+        let why = match s.missing() {
+            Some(why) => Some(why),
+            None => probe_server(s, probe_port, logs).err(),
+        };
+        match why {
+            None => true,
+            Some(e) => {
+                let what = format!("{} ({:?} rows)", s.name, s.family);
+                eprintln!("\n*** SKIPPING server {what}: {e}\n");
+                skipped.push((what, e));
+                false
+            }
+        }
+    });
+    servers
+}
+
 fn run(cfg: &Config) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let exe_s = exe.display().to_string();
-    let raw = cfg.out.join("raw");
+    let (model, ncpu) = procfs::cpu_model();
+    let out = cfg.out.clone().unwrap_or_else(|| default_out(ncpu, &model));
+    let raw = out.join("raw");
     fs::create_dir_all(&raw).map_err(|e| format!("{}: {e}", raw.display()))?;
     let stamp = now_stamp();
     let logs = raw.join(format!("logs-{stamp}"));
     fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
     let ticks = procfs::clock_ticks();
-    let ncpu = procfs::cpu_model().1;
     if ncpu < 2 {
         eprintln!("WARNING: {ncpu} CPU(s): server and load share a core; numbers mean little");
     }
-
-    // Servers: filter, then a start-up probe so a broken row is skipped
-    // loudly instead of failing every run.
-    let mut servers = server_kinds(&exe_s);
-    if let Some(only) = &cfg.servers {
-        servers.retain(|s| only.contains(&s.name));
+    let bin_dir = exe.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let paths = Paths {
+        examples: cfg
+            .examples
+            .clone()
+            .unwrap_or_else(|| bin_dir.join("examples")),
+        c_server: bin_dir.join("c-reference/uring_server"),
+        exe: exe.clone(),
+    };
+    let mut skipped: Skipped = Vec::new();
+    if let Err(e) = rows::build_c_server(&paths.c_server, true) {
+        let _ = fs::remove_file(&paths.c_server);
+        eprintln!(
+            "\n*** C REFERENCE SERVER NOT BUILT: {e}\n*** its row is skipped and proxy upstreams use the tokio echo peer\n"
+        );
     }
-    let mut skipped: Vec<(String, String)> = Vec::new();
-    let mut probe_port = 19_900;
-    servers.retain(|s| {
-        probe_port += 1;
-        match probe_server(s, probe_port, &logs) {
-            Ok(()) => true,
-            Err(e) => {
-                eprintln!("\n*** SKIPPING server {}: {e}\n", s.name);
-                skipped.push((s.name.clone(), e));
-                false
-            }
-        }
-    });
+    let c_server = paths.c_server.exists().then_some(paths.c_server.as_path());
+    let servers = usable_rows(cfg, &paths, &logs, &mut skipped);
     if servers.is_empty() {
         return Err("no server row can start".into());
     }
 
-    let mut wls = workloads(cfg.rate);
-    if let Some(only) = &cfg.only {
-        wls.retain(|w| only.iter().any(|o| w.id.starts_with(o.as_str())));
+    let single = Layout::single(ncpu);
+    let scaled = Layout::scaled(ncpu);
+    let wls = selected_workloads(cfg, ncpu, scaled.is_some(), &mut skipped);
+    let plan: Vec<(&Workload, Vec<&ServerKind>)> = wls
+        .iter()
+        .map(|w| {
+            let rows: Vec<&ServerKind> = servers
+                .iter()
+                .filter(|s| s.serves(w.family, w.server))
+                .collect();
+            (w, rows)
+        })
+        .filter(|(_, rows)| !rows.is_empty())
+        .collect();
+    if plan.is_empty() {
+        return Err("nothing to run: no workload matches --only/--servers on this machine".into());
     }
-    let tools = Tools::check(&wls);
-    wls.retain(|w| match tools.missing_for(w) {
-        None => true,
-        Some(tool) => {
-            eprintln!(
-                "\n*** SKIPPING workload {}: {tool} is not installed\n",
-                w.id
-            );
-            skipped.push((w.id.to_string(), format!("{tool} is not installed")));
-            false
-        }
-    });
-
-    let total: usize = wls.iter().map(|w| reps_of(cfg, w) * servers.len()).sum();
+    let total: usize = plan.iter().map(|(w, r)| reps_of(cfg, w) * r.len()).sum();
     eprintln!(
-        "zerg-bench: {} workloads x {} servers ({}), {} runs; warm-up {} s, measured {} s; \
+        "zerg-bench: {} workloads, {} server rows, {total} runs; warm-up {} s, measured {} s; \
          servers on CPU {}, load on CPU {}; results in {}",
-        wls.len(),
+        plan.len(),
         servers.len(),
-        servers
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        total,
         cfg.warmup,
         cfg.duration,
-        exec::SERVER_CPU,
-        exec::LOAD_CPU,
-        cfg.out.display()
+        cpus::list(&single.server),
+        cpus::list(&single.load),
+        out.display()
     );
     let raw_path = raw.join(format!("runs-{stamp}.jsonl"));
     let mut raw_file =
         fs::File::create(&raw_path).map_err(|e| format!("{}: {e}", raw_path.display()))?;
-    let ctx = Ctx {
+    let ctx = measure::Ctx {
         cfg,
         exe: &exe,
+        c_server,
         logs: &logs,
         ticks,
     };
+    let started = Instant::now();
+    let records = run_plan(&ctx, &plan, (&single, scaled.as_ref()), &mut raw_file)?;
+
+    let machine = report::Machine::collect(cfg, ncpu, &single, scaled.as_ref());
+    let groups: Vec<report::Group> = plan
+        .iter()
+        .map(|(w, rows)| report::Group::of(w, rows.iter().map(|s| s.name.clone()).collect()))
+        .collect();
+    let files = report::write_all(&out, &machine, &groups, &records, &skipped, &raw_path)?;
+    eprintln!(
+        "\nzerg-bench: done in {:.0} s; wrote {}",
+        started.elapsed().as_secs_f64(),
+        files.join(", ")
+    );
+    Ok(())
+}
+
+/// The workloads of this run: `--only`, or the quick set, minus those whose tool is missing or
+/// that this machine cannot run (said loudly, and listed in the results).
+fn selected_workloads(
+    cfg: &Config,
+    ncpu: usize,
+    can_scale: bool,
+    skipped: &mut Skipped,
+) -> Vec<Workload> {
+    let mut wls = workloads::workloads(cfg.rate);
+    match &cfg.only {
+        Some(only) => wls.retain(|w| only.iter().any(|o| w.id.starts_with(o.as_str()))),
+        None if cfg.quick => wls.retain(|w| w.quick),
+        None => {}
+    }
+    let tools = Tools::check(&wls);
+    wls.retain(|w| {
+        let why = match (tools.missing_for(w), w.scaled && !can_scale) {
+            (Some(tool), _) => format!("{tool} is not installed"),
+            (None, true) => format!(
+                "not measured: scaling rows need at least 4 CPUs (half for the servers, half \
+                 for the load), this machine has {ncpu}"
+            ),
+            (None, false) => return true,
+        };
+        eprintln!("\n*** SKIPPING workload {}: {why}\n", w.id);
+        skipped.push((w.id.to_string(), why));
+        false
+    });
+    wls
+}
+
+/// Runs the plan: for each workload, its rows in turn, `reps` times; each record goes to the
+/// raw file as it is made.
+fn run_plan(
+    ctx: &measure::Ctx<'_>,
+    plan: &[(&Workload, Vec<&ServerKind>)],
+    (single, scaled): (&Layout, Option<&Layout>),
+    raw_file: &mut fs::File,
+) -> Result<Vec<RunRecord>, String> {
+    let cfg = ctx.cfg;
+    let total: usize = plan.iter().map(|(w, r)| reps_of(cfg, w) * r.len()).sum();
     let started = Instant::now();
     let mut records = Vec::new();
     let mut done = 0;
     let mut port = 20_000u16;
     let mut waited = 0.0;
-    for w in &wls {
+    for (w, rows) in plan {
+        let layout = if w.scaled {
+            scaled.unwrap_or(single)
+        } else {
+            single
+        };
         let reps = reps_of(cfg, w);
         for rep in 0..reps {
-            for s in &servers {
+            for s in rows {
                 done += 1;
-                // A fresh port per run: no TIME_WAIT or half-dead listener
-                // from the previous run can interfere (below the ephemeral
-                // range, which starts at 32768).
+                // A fresh port per run: no TIME_WAIT or half-dead listener from the previous
+                // run can interfere (below the ephemeral range, which starts at 32768).
                 port = if port >= 31_000 { 20_000 } else { port + 1 };
                 let budget_left = cfg.quiet_budget - waited;
-                waited += wait_quiet(cfg.quiet_wait.min(budget_left), ticks);
-                let rec = run_one(&ctx, s, w, rep, port);
+                waited += wait_quiet(cfg.quiet_wait.min(budget_left), ctx.ticks, layout);
+                let rec = measure::run_one(ctx, s, w, layout, rep, port);
                 eprintln!(
-                    "[{done:>3}/{total}] {:<17} rep {}/{} {:<12} {}   (elapsed {:.0} s)",
+                    "[{done:>3}/{total}] {:<20} rep {}/{} {:<16} {}   (elapsed {:.0} s)",
                     w.id,
                     rep + 1,
                     reps,
@@ -447,37 +296,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             }
         }
     }
-
-    let machine = report::Machine::collect(cfg.quick, cfg.reps, cfg.warmup, cfg.duration, ncpu);
-    let groups: Vec<report::Group> = wls
-        .iter()
-        .map(|w| report::Group {
-            id: w.id.to_string(),
-            title: w.title.to_string(),
-            unit: w.unit.to_string(),
-            kind: match w.load {
-                Load::Wrk { .. } | Load::Gen { .. } => report::GroupKind::Throughput,
-                Load::Idle { .. } => report::GroupKind::Idle,
-                Load::Syscalls { tool, .. } => report::GroupKind::Syscalls(tool.name()),
-            },
-        })
-        .collect();
-    let server_names: Vec<String> = servers.iter().map(|s| s.name.clone()).collect();
-    let files = report::write_all(
-        &cfg.out,
-        &machine,
-        &groups,
-        &server_names,
-        &records,
-        &skipped,
-        &raw_path,
-    )?;
-    eprintln!(
-        "\nzerg-bench: done in {:.0} s; wrote {}",
-        started.elapsed().as_secs_f64(),
-        files.join(", ")
-    );
-    Ok(())
+    Ok(records)
 }
 
 fn reps_of(cfg: &Config, w: &Workload) -> usize {
@@ -487,62 +306,65 @@ fn reps_of(cfg: &Config, w: &Workload) -> usize {
     }
 }
 
-/// Waits (at most `max_s` seconds) until neither benchmark CPU is more than
-/// [`QUIET`] busy over 0.5 s: nothing of ours runs between two runs, so
-/// whatever is busy then (a build, say) would disturb the next one.
-/// Returns the seconds spent.
-fn wait_quiet(max_s: f64, ticks: f64) -> f64 {
+/// CPU share above which a benchmark CPU counts as busy before a run.
+const QUIET: f64 = 0.1;
+
+/// Waits (at most `max_s` seconds) until no server or load CPU is more than [`QUIET`] busy
+/// over 0.5 s: nothing of ours runs between two runs, so whatever is busy then (a build, say)
+/// would disturb the next one. Returns the seconds spent.
+fn wait_quiet(max_s: f64, ticks: f64, layout: &Layout) -> f64 {
     let start = Instant::now();
     if max_s <= 0.0 {
         return 0.0;
     }
+    let cpus: Vec<usize> = layout.server.iter().chain(&layout.load).copied().collect();
     let deadline = Instant::now() + Duration::from_secs_f64(max_s);
     let mut said = false;
     loop {
-        let busy = |cpu| procfs::cpu_busy_ticks(cpu).unwrap_or(0);
-        let (a0, a1, t0) = (busy(exec::SERVER_CPU), busy(exec::LOAD_CPU), Instant::now());
+        let busy = |c: &usize| procfs::cpu_busy_ticks(*c).unwrap_or(0);
+        let (a, t0): (Vec<u64>, _) = (cpus.iter().map(busy).collect(), Instant::now());
         std::thread::sleep(Duration::from_millis(500));
         let wall = t0.elapsed().as_secs_f64();
-        let share = |a: u64, b: u64| b.saturating_sub(a) as f64 / ticks / wall;
-        let (b0, b1) = (busy(exec::SERVER_CPU), busy(exec::LOAD_CPU));
-        let (s0, s1) = (share(a0, b0), share(a1, b1));
-        if s0 <= QUIET && s1 <= QUIET {
+        let shares: Vec<f64> = cpus
+            .iter()
+            .zip(&a)
+            .map(|(c, a)| busy(c).saturating_sub(*a) as f64 / ticks / wall)
+            .collect();
+        let show = || {
+            cpus.iter()
+                .zip(&shares)
+                .map(|(c, s)| format!("cpu{c} {:.0}%", s * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if shares.iter().all(|s| *s <= QUIET) {
             return start.elapsed().as_secs_f64();
         }
         if Instant::now() >= deadline {
             eprintln!(
-                "        still busy after {max_s} s (cpu{} {:.0}%, cpu{} {:.0}%): running anyway",
-                exec::SERVER_CPU,
-                s0 * 100.0,
-                exec::LOAD_CPU,
-                s1 * 100.0
+                "        still busy after {max_s:.1} s ({}): running anyway",
+                show()
             );
             return start.elapsed().as_secs_f64();
         }
         if !said {
             eprintln!(
-                "        waiting for quiet CPUs (cpu{} {:.0}%, cpu{} {:.0}% busy with other work)",
-                exec::SERVER_CPU,
-                s0 * 100.0,
-                exec::LOAD_CPU,
-                s1 * 100.0
+                "        waiting for quiet CPUs ({} busy with other work)",
+                show()
             );
             said = true;
         }
     }
 }
 
-/// CPU share above which a benchmark core counts as busy before a run.
-const QUIET: f64 = 0.1;
-
-/// Starts a server row once (HTTP workload) to see that it can run here.
-/// (Each row probes its own port: an io_uring server's port can stay bound
-/// for a moment after it is killed.)
+/// Starts a row once (HTTP or its own protocol) to see that it can run here. (Each row probes
+/// its own port: an io_uring server's port can stay bound for a moment after it is killed.)
 fn probe_server(s: &ServerKind, port: u16, logs: &Path) -> Result<(), String> {
-    let mut cmd = s.cmd.clone();
-    cmd.extend(["--port", &port.to_string(), "--workload", "http"].map(String::from));
+    // A proxy's upstream need not exist to accept connections.
+    let upstream = (s.family == rows::Family::Proxy).then_some(1);
+    let cmd = rows::command(s, port, "http", 16 * 1024, upstream, 1);
     let log = exec::log_path(logs, &format!("probe-{}", s.name));
-    let mut p = Proc::spawn_pinned(exec::SERVER_CPU, &cmd, &s.env, Stdio::null(), &log)?;
+    let mut p = Proc::spawn_pinned(&[0], &cmd, &s.env, Stdio::null(), &log)?;
     let r = exec::wait_listening(&mut p, port, Duration::from_secs(5));
     p.kill();
     r.map_err(|e| {
@@ -556,6 +378,8 @@ struct Tools {
     wrk: bool,
     perf: bool,
     strace: bool,
+    redis_benchmark: bool,
+    h2load: bool,
 }
 
 impl Tools {
@@ -574,10 +398,13 @@ impl Tools {
             wrk,
             perf: have("perf"),
             strace: have("strace"),
+            redis_benchmark: have("redis-benchmark"),
+            h2load: have("h2load"),
         }
     }
 
     fn missing_for(&self, w: &Workload) -> Option<&'static str> {
+        use syscalls::SyscallTool;
         match w.load {
             Load::Wrk { .. } if !self.wrk => Some("wrk"),
             Load::Syscalls {
@@ -588,151 +415,15 @@ impl Tools {
                 tool: SyscallTool::Strace,
                 ..
             } if !self.strace => Some("strace"),
+            Load::Redis { .. } if !self.redis_benchmark => Some("redis-benchmark (redis-tools)"),
+            Load::H2load { .. } if !self.h2load => Some("h2load (nghttp2-client)"),
             _ => None,
         }
     }
 }
 
 fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// What every run needs besides its server and workload.
-#[derive(Debug)]
-struct Ctx<'a> {
-    cfg: &'a Config,
-    /// This binary (servers and load generator are its subcommands).
-    exe: &'a Path,
-    logs: &'a Path,
-    /// Clock ticks per second of /proc/PID/stat.
-    ticks: f64,
-}
-
-fn run_one(ctx: &Ctx<'_>, s: &ServerKind, w: &Workload, rep: usize, port: u16) -> RunRecord {
-    let mut rec = RunRecord {
-        workload: w.id.to_string(),
-        server: s.name.clone(),
-        rep,
-        ..RunRecord::default()
-    };
-    if let Err(e) = measure(ctx, s, w, port, &mut rec) {
-        rec.error = Some(e);
-    }
-    rec
-}
-
-fn measure(
-    ctx: &Ctx<'_>,
-    s: &ServerKind,
-    w: &Workload,
-    port: u16,
-    rec: &mut RunRecord,
-) -> Result<(), String> {
-    let Ctx {
-        cfg,
-        exe,
-        logs,
-        ticks,
-    } = *ctx;
-    let mut cmd = s.cmd.clone();
-    cmd.extend([
-        "--port".to_string(),
-        port.to_string(),
-        "--workload".to_string(),
-        w.server.to_string(),
-        "--buf-size".to_string(),
-        w.buf_size.to_string(),
-    ]);
-    let server_log = exec::log_path(logs, &format!("{}-{}", w.id, s.name));
-    let load_log = exec::log_path(logs, &format!("{}-{}-load", w.id, s.name));
-    let mut server =
-        Proc::spawn_pinned(exec::SERVER_CPU, &cmd, &s.env, Stdio::null(), &server_log)?;
-    exec::wait_listening(&mut server, port, Duration::from_secs(5))?;
-    let pid = server.pid();
-    let timing = |args: &[String], warmup: f64, duration: f64| -> Vec<String> {
-        let mut v = vec!["--port".to_string(), port.to_string()];
-        v.extend(args.iter().cloned());
-        v.extend([
-            "--warmup".to_string(),
-            warmup.to_string(),
-            "--duration".to_string(),
-            duration.to_string(),
-        ]);
-        v
-    };
-    let window = match &w.load {
-        Load::Wrk { conns } => {
-            let warm = cfg.warmup.ceil() as u64;
-            let dur = (cfg.duration.round() as u64).max(1);
-            Some(exec::run_wrk(
-                port, *conns, warm, dur, pid, &load_log, ticks,
-            )?)
-        }
-        Load::Gen { args } => {
-            let args = timing(args, cfg.warmup, cfg.duration);
-            let budget = Duration::from_secs_f64(cfg.warmup + cfg.duration + 60.0);
-            Some(exec::run_loadgen(exe, &args, pid, budget, &load_log, ticks)?.1)
-        }
-        Load::Idle { conns } => {
-            let m = exec::run_idle(exe, port, *conns, pid, &load_log)?;
-            rec.idle_conns = m.connected;
-            rec.rss_before_kib = m.rss_before_kib;
-            rec.rss_kib = m.rss_after_kib;
-            rec.requests = m.connected as u64;
-            rec.bytes_per_conn = (m.rss_after_kib as f64 - m.rss_before_kib as f64) * 1024.0
-                / m.connected.max(1) as f64;
-            None
-        }
-        Load::Syscalls { tool, args } => {
-            let args = timing(args, 0.0, cfg.duration.clamp(1.0, 3.0));
-            let out = logs.join(format!("{}-{}-{}.txt", w.id, s.name, rec.rep));
-            let m = exec::run_syscalls(*tool, exe, &args, pid, &out, &load_log, ticks)?;
-            rec.syscalls = m.calls;
-            rec.requests = m.requests;
-            rec.throughput = m.throughput;
-            rec.syscalls_per_req = m.calls as f64 / m.requests as f64;
-            rec.top_syscalls = m.top;
-            None
-        }
-    };
-    if let Some(status) = server.exited() {
-        return Err(format!(
-            "server died during the run ({status}); see {}",
-            server_log.display()
-        ));
-    }
-    if matches!(w.load, Load::Idle { .. }) {
-        // Let the kernel tear down the 2 x 10,000 sockets before the next
-        // run is measured.
-        server.kill();
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    if let Some(win) = window {
-        if win.requests == 0 {
-            return Err(format!("no requests completed; see {}", load_log.display()));
-        }
-        rec.requests = win.requests;
-        rec.throughput = win.throughput;
-        let u = win.usage;
-        rec.cpu_us_per_req = u.server_s * 1e6 / win.requests as f64;
-        rec.core_us_per_req = u.server_core_s * 1e6 / win.requests as f64;
-        rec.server_cpu_util = u.server_s / u.wall_s;
-        rec.load_cpu_util = u.load_s / u.wall_s;
-        (rec.foreign_server_core, rec.foreign_load_core) = u.foreign();
-        rec.disturbed = rec.foreign_server_core > DISTURBED || rec.foreign_load_core > DISTURBED;
-        rec.load_bound = rec.load_cpu_util >= 0.95 && rec.server_cpu_util < 0.95;
-        rec.p50_us = win.p50_us;
-        rec.p99_us = win.p99_us;
-        rec.p999_us = win.p999_us;
-        rec.errors = win.errors;
-        rec.rss_kib = win.server_rss_kib;
-    }
-    Ok(())
+    rows::which(tool).is_some()
 }
 
 fn progress_line(w: &Workload, r: &RunRecord) -> String {
@@ -757,33 +448,14 @@ fn progress_line(w: &Workload, r: &RunRecord) -> String {
             report::si(r.throughput),
             r.top_syscalls
         ),
-        _ => format!(
-            "{:>7}/s  {:>6.2} us/{}  p99 {:>7}  srv cpu {:>3.0}%  load cpu {:>3.0}%{}{}{}",
-            report::si(r.throughput),
-            r.cpu_us_per_req,
-            w.unit,
-            r.p99_us.map_or("-".into(), report::fmt_us),
-            r.server_cpu_util * 100.0,
-            r.load_cpu_util * 100.0,
-            if r.load_bound { "  [load-bound]" } else { "" },
-            if r.disturbed {
-                format!(
-                    "  [disturbed: others used {:.0}% of cpu{}, {:.0}% of cpu{}]",
-                    r.foreign_server_core * 100.0,
-                    exec::SERVER_CPU,
-                    r.foreign_load_core * 100.0,
-                    exec::LOAD_CPU
-                )
-            } else {
-                String::new()
-            },
-            if r.errors > 0 {
-                format!("  errors {}", r.errors)
-            } else {
-                String::new()
-            }
-        ),
+        _ => record::throughput_line(r, w.unit),
     }
+}
+
+/// Builds the C reference server to `out` (for the peers' tests; installs nothing).
+#[cfg(test)]
+pub(crate) fn build_c_server_for_tests(out: &Path) -> Result<(), String> {
+    rows::build_c_server(out, false)
 }
 
 /// `YYYYmmdd-HHMMSS` (UTC) for file names.
@@ -804,17 +476,28 @@ mod tests {
 
     #[test]
     fn a_row_that_cannot_start_is_reported_with_its_stderr() {
-        let s = ServerKind::new("broken", &["sh", "-c", "echo no ring here >&2; exit 1"]);
+        let s = ServerKind {
+            cmd: ["sh", "-c", "echo no ring here >&2; exit 1", "sh"]
+                .map(String::from)
+                .into(),
+            style: rows::ArgStyle::Port,
+            ..rows::server_kinds(&Paths {
+                exe: "x".into(),
+                examples: "x".into(),
+                c_server: "x".into(),
+            })[0]
+                .clone()
+        };
         let e = probe_server(&s, 19_899, &std::env::temp_dir()).unwrap_err();
         assert!(e.contains("exited") && e.contains("no ring here"), "{e}");
     }
 
     #[test]
-    fn workload_ids_are_unique() {
-        let w = workloads(1000);
-        let mut ids: Vec<&str> = w.iter().map(|w| w.id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        assert_eq!(ids.len(), w.len());
+    fn results_of_other_machines_go_to_their_own_directory() {
+        assert!(default_out(2, "AMD EPYC").ends_with("results"));
+        assert!(
+            default_out(16, "AMD EPYC 7B13 64-Core Processor")
+                .ends_with("results/amd-epyc-7b13-64-16cpu")
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! The io_uring peer: monoio, one thread (its thread-per-core model with one
 //! core), default ring flags or `--coop-taskrun` (IORING_SETUP_COOP_TASKRUN).
 //! monoio 0.2 builds its ring with io-uring 0.6, hence the renamed dependency
-//! `io-uring-06`. TCP_NODELAY on every connection.
+//! `io-uring-06`. TCP_NODELAY on every connection. `--threads N`: N such threads, each with its
+//! own ring and SO_REUSEPORT listener.
 
 use std::io;
 
@@ -21,22 +22,24 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     let coop_taskrun = args.flag("coop-taskrun")?;
     args.finish()?;
     proto::raise_nofile_limit();
-    let mut ring = io_uring_06::IoUring::builder();
-    if coop_taskrun {
-        ring.setup_coop_taskrun();
-    }
-    let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-        .with_entries(RING_ENTRIES)
-        .uring_builder(ring)
-        .enable_timer()
-        .build()
-        .map_err(|e| format!("monoio runtime (io_uring setup): {e}"))?;
-    rt.block_on(serve(opts)).map_err(|e| e.to_string())
+    proto::per_thread(&opts, |opts| {
+        let mut ring = io_uring_06::IoUring::builder();
+        if coop_taskrun {
+            ring.setup_coop_taskrun();
+        }
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(RING_ENTRIES)
+            .uring_builder(ring)
+            .enable_timer()
+            .build()
+            .map_err(|e| format!("monoio runtime (io_uring setup): {e}"))?;
+        rt.block_on(serve(opts)).map_err(|e| e.to_string())
+    })
 }
 
 async fn serve(opts: ServerOpts) -> io::Result<()> {
     let listener_opts = ListenerOpts::default()
-        .reuse_port(false)
+        .reuse_port(opts.threads > 1)
         .reuse_addr(true)
         .backlog(proto::BACKLOG as i32);
     let listener = TcpListener::bind_with_config(opts.addr(), &listener_opts)?;

@@ -1,7 +1,8 @@
 //! The epoll peer: tokio with a `current_thread` runtime (one thread does the
 //! accept loop and every connection, as in a thread-per-core server; a
 //! `multi_thread` runtime with one worker would add a second, idle thread and
-//! cross-thread wakeups). TCP_NODELAY on every connection.
+//! cross-thread wakeups). TCP_NODELAY on every connection. `--threads N`: N such threads, each
+//! with its own SO_REUSEPORT listener.
 
 use std::io;
 
@@ -16,16 +17,21 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     let opts = ServerOpts::parse(&mut args)?;
     args.finish()?;
     proto::raise_nofile_limit();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
-    rt.block_on(serve(opts)).map_err(|e| e.to_string())
+    proto::per_thread(&opts, |opts| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        rt.block_on(serve(opts)).map_err(|e| e.to_string())
+    })
 }
 
 async fn serve(opts: ServerOpts) -> io::Result<()> {
     let socket = TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
+    if opts.threads > 1 {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(opts.addr())?;
     let listener = socket.listen(proto::BACKLOG)?;
     loop {

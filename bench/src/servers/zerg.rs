@@ -1,10 +1,11 @@
 //! zerg, in each of its modes: handlers on the reactor thread (`Engine::serve`) or on a tokio
 //! `current_thread` runtime (`Engine::listen` + `accept`), dedicated or per-reactor accept,
-//! incremental buffers on or off. One reactor, so the whole server works on the one core the
-//! runner gives it, like the peers.
+//! incremental buffers on or off. One reactor by default, so the whole server works on the one
+//! core the runner gives it, like the peers.
 //!
 //! `zerg-bench zerg --port P --workload http|echo [--buf-size N]
-//!                  [--mode reactor|runtime] [--accept dedicated|per-reactor] [--incremental]`
+//!                  [--mode reactor|runtime] [--accept dedicated|per-reactor] [--incremental]
+//!                  [--reactors N]` (N > 1: the scaling rows; one reactor per server CPU)
 
 use zerg_uring::{AcceptMode, Connection, Engine, EngineOptions, ReactorConfig};
 
@@ -21,6 +22,10 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     let accept: String = args.opt("accept")?.unwrap_or_else(|| "per-reactor".into());
     let incremental = args.flag("incremental")?;
     let ring_bytes = crate::args::size_opt(&mut args, "ring-bytes", RING_BYTES)?;
+    let reactors: usize = args.get("reactors", 1)?;
+    if reactors == 0 {
+        return Err("--reactors must be > 0".into());
+    }
     args.finish()?;
     proto::raise_nofile_limit();
 
@@ -39,6 +44,7 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     let mut eo = EngineOptions::with_port(opts.port);
     eo.ip = std::net::Ipv4Addr::LOCALHOST.into();
     eo.backlog = proto::BACKLOG;
+    eo.reactor_count = reactors;
     eo.reactor_configs = vec![rc];
     eo.accept_mode = match accept.as_str() {
         "dedicated" => AcceptMode::Dedicated,

@@ -57,8 +57,16 @@ stats_struct! {
         /// Times a multishot receive was re-armed after it ended (ENOBUFS recovery, pauses, the
         /// kernel ending it).
         recv_rearms,
-        /// Times a connection's receive paused because it held `max_buffers_per_connection`.
+        /// Times a connection's receive paused because it held `max_buffers_per_connection`, or,
+        /// while the ring was low, a quarter of it.
         recv_pauses,
+        /// Times the ring ran low: fewer free buffers than the reserve
+        /// (`recv_reserve_buffers`). Until it recovers, only light connections receive.
+        ring_low,
+        /// FINs, resets and socket errors noticed while a connection's receive was paused or
+        /// starved (a poll watches such connections); resets and errors end its reads and
+        /// writes at once, a FIN ends its reads once every byte before it was delivered.
+        paused_closes,
         /// Times the multishot accept was re-armed (per-reactor accept mode).
         accept_rearms,
         /// Accept errors (per-reactor accept mode), e.g. `EMFILE`.

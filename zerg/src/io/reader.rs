@@ -40,8 +40,9 @@ use crate::error::CloseReason;
 ///
 /// Unconsumed bytes keep their receive buffers out of the ring. A connection holding
 /// [`max_buffers_per_connection`](crate::ReactorConfig::max_buffers_per_connection) buffers
-/// (pieces, in incremental mode) stops receiving until some are consumed, so a reader that waits
-/// for a message larger than `max_buffers_per_connection × recv_buffer_size` waits forever.
+/// (pieces, in incremental mode; 256 KiB worth by default) stops receiving until some are
+/// consumed, so a reader that waits for a message larger than
+/// `max_buffers_per_connection × recv_buffer_size` waits forever.
 /// Consume what you can, or copy a large message aside and consume it.
 ///
 /// # Example

@@ -31,7 +31,8 @@ pub(super) enum RecvState {
     Cancelling,
     /// Not armed, to be armed by whoever set this state.
     Idle,
-    /// Holding `max_buffers_per_connection`; re-armed when buffers come back.
+    /// Holding `max_buffers_per_connection` (or, while the ring is low, its quota); re-armed when
+    /// buffers come back or the ring recovers.
     Paused,
     /// Ended with `-ENOBUFS`; re-armed when the ring has buffers again.
     Starved,
@@ -59,6 +60,11 @@ pub(super) struct Conn {
     pub(super) send_timed_out: bool,
     /// The handle asked for a shutdown of the write side, to happen once `send` is empty.
     pub(super) shutdown_pending: bool,
+    /// The close watch (a multishot poll for FIN, reset, error) is armed.
+    pub(super) watch: bool,
+    /// The watch saw the peer's FIN while bytes before it still waited in the socket: they are
+    /// received (then end of file) once the receive is armed again.
+    pub(super) peer_fin: bool,
 }
 
 impl Conn {
@@ -75,6 +81,8 @@ impl Conn {
             batch_seq: 0,
             send_timed_out: false,
             shutdown_pending: false,
+            watch: false,
+            peer_fin: false,
         }
     }
 

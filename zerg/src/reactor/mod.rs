@@ -19,16 +19,19 @@
 //! connections from the acceptor arrive as MSG_RING completions, so an idle reactor sleeps in the
 //! kernel without a timeout.
 //!
-//! One file per concern: `accept.rs` (new connections), `recv.rs`, `send.rs`, `inbox.rs`
-//! (requests from handles), `close.rs` (closing, stopping, teardown); `conn.rs` holds the
-//! reactor's half of a connection.
+//! One file per concern: `accept.rs` (new connections), `recv.rs`,
+//! `pressure.rs` (the per-connection bound, the ring running low), `watch.rs` (closes noticed
+//! while a receive is paused), `send.rs`, `inbox.rs` (requests from handles), `close.rs`
+//! (closing, stopping, teardown); `conn.rs` holds the reactor's half of a connection.
 
 mod accept;
 mod close;
 mod conn;
 mod inbox;
+mod pressure;
 mod recv;
 mod send;
+mod watch;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -50,6 +53,7 @@ use crate::stats::ReactorStats;
 use crate::sys::{self, EventFd};
 
 use conn::Conn;
+use pressure::Pressure;
 
 /// Buffer-group id of every reactor's ring (each reactor has its own io_uring).
 const BGID: u16 = 0;
@@ -162,6 +166,7 @@ struct Reactor {
     incremental: bool,
     max_conns: usize,
     max_held: u32,
+    pressure: Pressure,
     /// Bytes per receive buffer.
     buf_size: u32,
     /// Arm receives with a byte limit of the buffers the connection may still take
@@ -292,6 +297,7 @@ impl Reactor {
             incremental: config.incremental_buffer_consumption,
             max_conns,
             max_held: config.effective_max_buffers_per_connection(),
+            pressure: Pressure::new(&config),
             buf_size: config.recv_buffer_size,
             recv_limit: true,
             recv_limit_works: false,
@@ -340,6 +346,7 @@ impl Reactor {
             if local::run_tasks(TASK_BUDGET) > 0 {
                 self.drain_requests()?;
             }
+            self.check_pressure()?;
             self.rearm_starved()?;
             if self.phase == Phase::Closing
                 && self.conns.is_empty()
@@ -427,6 +434,7 @@ impl Reactor {
                 }
                 Ok(())
             }
+            Kind::Watch => self.on_watch(token.id, res, flags),
             Kind::Cancel => {
                 if let Some(conn) = self.conns.get_mut(token.id) {
                     conn.ops -= 1;

@@ -116,6 +116,18 @@ impl Ring {
         self.push(&entry)
     }
 
+    /// A multishot poll of `fd` for `events` (`POLL*` bits; the kernel adds `POLLERR`, `POLLHUP`
+    /// and `POLLRDHUP`): one completion (result: the events that are ready) when armed on a
+    /// ready socket and one per wake-up carrying those events, until cancelled.
+    pub(crate) fn poll_multi(&mut self, fd: RawFd, events: u32, user_data: u64) -> io::Result<()> {
+        self.push(
+            &opcode::PollAdd::new(Fd(fd), events)
+                .multi(true)
+                .build()
+                .user_data(user_data),
+        )
+    }
+
     /// Reads the eventfd counter into the ring's own 8-byte buffer.
     pub(crate) fn read_wake(&mut self, eventfd: RawFd, user_data: u64) -> io::Result<()> {
         let buf: *mut u64 = &mut *self.wake_buf;

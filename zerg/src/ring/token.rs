@@ -57,6 +57,8 @@ pub(crate) enum Kind {
     SendTimeout = 18,
     /// Cancellation issued for a connection (its own completion).
     Cancel = 19,
+    /// Poll for FIN, reset or error while a connection's receive is not armed.
+    Watch = 20,
     /// Acceptor: a hand-off that failed (slot holds the fd).
     HandOff = 32,
 }
@@ -74,6 +76,7 @@ impl Kind {
             17 => Kind::Send,
             18 => Kind::SendTimeout,
             19 => Kind::Cancel,
+            20 => Kind::Watch,
             32 => Kind::HandOff,
             _ => return None,
         })
@@ -120,7 +123,13 @@ mod tests {
             slot: 0xdead_beef,
             generation: 0x00ab_cdef,
         };
-        for kind in [Kind::Recv, Kind::Send, Kind::Cancel, Kind::SendTimeout] {
+        for kind in [
+            Kind::Recv,
+            Kind::Send,
+            Kind::Cancel,
+            Kind::SendTimeout,
+            Kind::Watch,
+        ] {
             let t = Token::decode(Token::conn(kind, id)).unwrap();
             assert_eq!(t, Token { kind, id });
         }

@@ -81,6 +81,12 @@ pub struct EngineOptions {
     /// every reactor uses it. Otherwise there must be exactly `reactor_count` entries, one per
     /// reactor in order. Default: empty.
     pub reactor_configs: Vec<ReactorConfig>,
+    /// Most live connections in the whole engine. At the cap (or when every reactor is at its
+    /// own [`max_connections_per_reactor`](ReactorConfig::max_connections_per_reactor)) the
+    /// engine stops accepting: new clients wait in the listen backlog, nobody is accepted and
+    /// closed. Accepting resumes once the count is back at 90 % of the cap. Both caps apply; `0`
+    /// means the sum of the per-reactor caps. Default: `0`.
+    pub max_connections: u32,
 }
 
 impl Default for EngineOptions {
@@ -93,6 +99,7 @@ impl Default for EngineOptions {
             accept_mode: AcceptMode::Dedicated,
             acceptor: AcceptorConfig::default(),
             reactor_configs: Vec::new(),
+            max_connections: 0,
         }
     }
 }
@@ -104,6 +111,12 @@ impl EngineOptions {
             port,
             ..Self::default()
         }
+    }
+
+    /// The engine-wide connection cap in effect (resolves `0` to the sum of the per-reactor
+    /// caps).
+    pub fn effective_max_connections(&self) -> usize {
+        limits::max_connections(self)
     }
 
     /// The configuration reactor `index` runs with.
@@ -203,8 +216,10 @@ pub struct ReactorConfig {
     /// Most completions handled per loop iteration. Higher values batch more work per wake-up
     /// (throughput); lower values return to submitting sooner (latency). Default: `4096`.
     pub batch_cqes: u32,
-    /// Most live connections on this reactor; connections past the limit are closed at once and
-    /// counted in [`ReactorStats::connections_shed`](crate::ReactorStats::connections_shed).
+    /// Most live connections on this reactor. At the cap, accepting pauses (connections wait in
+    /// the listen backlog) and resumes at 90 % of it; see [`EngineOptions::max_connections`] for
+    /// the engine-wide cap. With [`AcceptMode::PerReactor`] a reactor at its cap leaves the
+    /// connections the kernel hashes to its listener waiting even if other reactors have room.
     /// Default: `8192`.
     pub max_connections_per_reactor: u32,
     /// Upper bound on one wait for completions. `None` (the default) waits until there is work:

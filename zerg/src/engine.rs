@@ -10,6 +10,7 @@ use std::time::Duration;
 use socket2::Socket;
 
 use crate::acceptor;
+use crate::admission::Admission;
 use crate::config::{AcceptMode, EngineOptions};
 use crate::conn::Connection;
 use crate::error::{Error, Result};
@@ -150,6 +151,7 @@ impl Engine {
             listeners: Vec::new(),
         };
 
+        let admission = Arc::new(Admission::for_engine(&options));
         let mut reactors = Vec::with_capacity(options.reactor_count);
         for index in 0..options.reactor_count {
             let listener = listeners.get(index).filter(|_| per_reactor);
@@ -159,6 +161,7 @@ impl Engine {
                 mode: mode.clone(),
                 listener: listener.map(|l| l.as_raw_fd()),
                 engine: shared.clone(),
+                admission: admission.clone(),
             };
             match reactor::spawn(init) {
                 Ok((r, thread)) => {
@@ -186,6 +189,7 @@ impl Engine {
                 listeners[0].as_raw_fd(),
                 reactors,
                 shared.clone(),
+                admission,
             ) {
                 Ok((a, thread)) => {
                     shared.set_acceptor(a);

@@ -43,7 +43,9 @@ stats_struct! {
         connections,
         /// Connections adopted since start.
         connections_total,
-        /// Connections closed at once because `max_connections_per_reactor` was reached.
+        /// Connections closed at once for want of room: the accept queue of
+        /// [`Engine::accept`](crate::Engine::accept) was full. Caps do not shed: they pause
+        /// accepting instead (`accept_pauses`).
         connections_shed,
         /// Buffers in the provided-buffer ring.
         buffers_total,
@@ -67,6 +69,9 @@ stats_struct! {
         /// starved (a poll watches such connections); resets and errors end its reads and
         /// writes at once, a FIN ends its reads once every byte before it was delivered.
         paused_closes,
+        /// Times this reactor stopped accepting at a connection cap (per-reactor accept mode);
+        /// new connections waited in the listen backlog until it resumed.
+        accept_pauses,
         /// Times the multishot accept was re-armed (per-reactor accept mode).
         accept_rearms,
         /// Accept errors (per-reactor accept mode), e.g. `EMFILE`.
@@ -97,6 +102,9 @@ stats_struct! {
         accept_rearms,
         /// Hand-offs to a reactor that failed (the connection was closed).
         handoff_failures,
+        /// Times the acceptor stopped accepting at a connection cap; new connections waited in
+        /// the listen backlog until it resumed.
+        accept_pauses,
         /// Times the acceptor woke from a blocking wait.
         wakeups,
     }

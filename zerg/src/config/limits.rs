@@ -1,8 +1,8 @@
 //! The bounds a hostile or careless peer runs into: how much of the receive ring one connection
-//! may hold and the reserve kept for light connections. Derived values and
+//! may hold, the reserve kept for light connections, and the connection caps. Derived values and
 //! their validation live here; docs/tuning.md explains the choices.
 
-use super::ReactorConfig;
+use super::{EngineOptions, ReactorConfig};
 use crate::error::{ConfigError, Result};
 
 /// Fewest buffers the derived bound allows: with buffers as large as the byte bound, one buffer
@@ -31,6 +31,17 @@ pub(super) fn reserve(rc: &ReactorConfig) -> u32 {
     } else {
         rc.buffer_ring_entries / 16
     }
+}
+
+/// `max_connections`, or the sum of the per-reactor caps.
+pub(super) fn max_connections(o: &EngineOptions) -> usize {
+    if o.max_connections != 0 {
+        return o.max_connections as usize;
+    }
+    (0..o.reactor_count)
+        .map(|i| o.reactor_config(i).max_connections_per_reactor as usize)
+        .sum::<usize>()
+        .max(1)
 }
 
 /// Checks the per-connection bound and the reserve of one reactor.
@@ -142,5 +153,16 @@ mod tests {
             ..ReactorConfig::default()
         };
         assert_eq!(field_of(rc.validate().unwrap_err()), "recv_reserve_buffers");
+    }
+
+    #[test]
+    fn engine_cap_defaults_to_the_sum_of_reactor_caps() {
+        let mut o = EngineOptions {
+            reactor_count: 3,
+            ..EngineOptions::default()
+        };
+        assert_eq!(o.effective_max_connections(), 3 * 8192);
+        o.max_connections = 100;
+        assert_eq!(o.effective_max_connections(), 100);
     }
 }

@@ -19,7 +19,7 @@
 //! connections from the acceptor arrive as MSG_RING completions, so an idle reactor sleeps in the
 //! kernel without a timeout.
 //!
-//! One file per concern: `accept.rs` (new connections), `recv.rs`,
+//! One file per concern: `accept.rs` (new connections, connection caps), `recv.rs`,
 //! `pressure.rs` (the per-connection bound, the ring running low), `watch.rs` (closes noticed
 //! while a receive is paused), `send.rs`, `inbox.rs` (requests from handles), `close.rs`
 //! (closing, stopping, teardown); `conn.rs` holds the reactor's half of a connection.
@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use io_uring::cqueue;
 
+use crate::admission::Admission;
 use crate::buf_ring::{BufRing, RecvItem};
 use crate::config::ReactorConfig;
 use crate::conn::{ConnShared, Connection};
@@ -52,6 +53,7 @@ use crate::runtime::{ReactorShared, local};
 use crate::stats::ReactorStats;
 use crate::sys::{self, EventFd};
 
+use accept::Accepting;
 use conn::Conn;
 use pressure::Pressure;
 
@@ -80,6 +82,8 @@ pub(crate) struct ReactorInit {
     /// Per-reactor accept mode: this reactor's `SO_REUSEPORT` listener.
     pub(crate) listener: Option<RawFd>,
     pub(crate) engine: Arc<Lifecycle>,
+    /// The engine's connection counts and caps.
+    pub(crate) admission: Arc<Admission>,
 }
 
 /// Starts a reactor thread; returns once its ring and buffer ring are set up.
@@ -167,6 +171,8 @@ struct Reactor {
     max_conns: usize,
     max_held: u32,
     pressure: Pressure,
+    /// The connection caps: places, and the accept against them (per-reactor accept mode).
+    accepting: Accepting,
     /// Bytes per receive buffer.
     buf_size: u32,
     /// Arm receives with a byte limit of the buffers the connection may still take
@@ -224,6 +230,7 @@ impl Reactor {
             mode,
             listener,
             engine,
+            admission,
         } = init;
         if let Some(cpu) = config.cpu {
             sys::pin_current_thread(cpu)
@@ -298,6 +305,7 @@ impl Reactor {
             max_conns,
             max_held: config.effective_max_buffers_per_connection(),
             pressure: Pressure::new(&config),
+            accepting: Accepting::new(admission),
             buf_size: config.recv_buffer_size,
             recv_limit: true,
             recv_limit_works: false,
@@ -348,6 +356,7 @@ impl Reactor {
             }
             self.check_pressure()?;
             self.rearm_starved()?;
+            self.check_accept()?;
             if self.phase == Phase::Closing
                 && self.conns.is_empty()
                 && self.engine.is_acceptor_done()

@@ -148,6 +148,16 @@ impl Ring {
         )
     }
 
+    /// A single accept (one connection); close-on-exec.
+    pub(crate) fn accept_one(&mut self, listener: RawFd, user_data: u64) -> io::Result<()> {
+        self.push(
+            &opcode::Accept::new(Fd(listener), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(user_data),
+        )
+    }
+
     /// A timer of the configured accept back-off.
     pub(crate) fn backoff_timer(&mut self, user_data: u64) -> io::Result<()> {
         let ts: *const Timespec = &*self.backoff;

@@ -1,13 +1,19 @@
 //! The acceptor thread ([`AcceptMode::Dedicated`](crate::AcceptMode::Dedicated)): a multishot
 //! accept in its own ring, and a round-robin hand-off of every connection straight into a
 //! reactor's completion queue with `IORING_OP_MSG_RING` (no queue, no eventfd write).
+//!
+//! At the connection caps (the engine's, or every reactor's) the accept is cancelled: new
+//! clients wait in the listen backlog. A reactor that frees a place wakes the acceptor once the
+//! counts are back at the low watermark, and it accepts again.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use io_uring::cqueue;
 
+use crate::admission::{AcceptGate, Admission, GateAction, Room};
 use crate::config::AcceptorConfig;
 use crate::error::{Error, Result};
 use crate::lifecycle::{AcceptorShared, Lifecycle};
@@ -36,6 +42,11 @@ struct Acceptor {
     inflight: u32,
     stats: AcceptorStats,
     stopping: bool,
+    admission: Arc<Admission>,
+    /// The accept against the connection caps.
+    gate: AcceptGate,
+    /// Connections accepted in the batch that reached the cap, waiting for a place.
+    deferred: VecDeque<RawFd>,
 }
 
 /// Starts the acceptor thread; returns once its ring is set up and the accept is armed.
@@ -44,12 +55,13 @@ pub(crate) fn spawn(
     listener: RawFd,
     reactors: Vec<Arc<ReactorShared>>,
     engine: Arc<Lifecycle>,
+    admission: Arc<Admission>,
 ) -> Result<(Arc<AcceptorShared>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Arc<AcceptorShared>>>(1);
     let thread = std::thread::Builder::new()
         .name("zerg-acceptor".into())
         .spawn(move || {
-            let mut acceptor = match Acceptor::new(&config, listener, reactors, engine) {
+            let mut acceptor = match Acceptor::new(&config, listener, reactors, engine, admission) {
                 Ok(a) => a,
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -91,6 +103,7 @@ impl Acceptor {
         listener: RawFd,
         reactors: Vec<Arc<ReactorShared>>,
         engine: Arc<Lifecycle>,
+        admission: Arc<Admission>,
     ) -> Result<Self> {
         if let Some(cpu) = config.cpu {
             sys::pin_current_thread(cpu)
@@ -126,6 +139,9 @@ impl Acceptor {
             inflight: 0,
             stats: AcceptorStats::default(),
             stopping: false,
+            admission,
+            gate: AcceptGate::default(),
+            deferred: VecDeque::new(),
         };
         a.arm_wake()?;
         a.arm_accept()?;
@@ -144,10 +160,15 @@ impl Acceptor {
         Ok(())
     }
 
+    /// Arms the accept: multishot below the caps' low watermark, one connection at a time above.
     fn arm_accept(&mut self) -> Result<()> {
-        self.ring
-            .accept_multi(self.listener, Token::engine(Kind::Accept))
-            .map_err(push_error)?;
+        let token = Token::engine(Kind::Accept);
+        if self.gate.arming(self.room()) {
+            self.ring.accept_multi(self.listener, token)
+        } else {
+            self.ring.accept_one(self.listener, token)
+        }
+        .map_err(push_error)?;
         self.accept_armed = true;
         self.inflight += 1;
         Ok(())
@@ -170,6 +191,9 @@ impl Acceptor {
             if self.stopping && self.inflight == 0 {
                 return Ok(());
             }
+            if !self.stopping {
+                self.check_accept()?;
+            }
             self.shared.stats.publish(&self.stats);
             let idle = self.ring.completion().is_empty();
             self.ring
@@ -191,16 +215,17 @@ impl Acceptor {
                 if !more {
                     self.inflight -= 1;
                     self.accept_armed = false;
+                    self.gate.ended();
                 }
                 // Stopping: the listener was shut down, which ends the accept with an error.
                 let stopping = self.stopping || self.shared.stop_requested();
                 if res >= 0 {
-                    self.hand_off(res)?;
+                    self.accepted(res)?;
                 } else if res != -libc::ECANCELED && !stopping {
                     self.stats.accept_errors += 1;
                     tracing::warn!(error = %std::io::Error::from_raw_os_error(-res), "accept failed");
                 }
-                if !more && !stopping {
+                if !more && !stopping && !self.gate.is_paused() {
                     if res == -libc::EMFILE || res == -libc::ENFILE {
                         // Out of descriptors: re-arming at once would spin; retry after a pause.
                         self.ring
@@ -215,7 +240,7 @@ impl Acceptor {
             }
             Kind::AcceptBackoff => {
                 self.inflight -= 1;
-                if !self.stopping && !self.accept_armed {
+                if !self.stopping && !self.accept_armed && !self.gate.is_paused() {
                     self.stats.accept_rearms += 1;
                     self.arm_accept()?;
                 }
@@ -224,6 +249,7 @@ impl Acceptor {
                 // Only failures complete here (success skips the completion).
                 let fd = token.id.slot as RawFd;
                 self.stats.handoff_failures += 1;
+                self.admission.release(token.id.generation as usize);
                 tracing::warn!(fd, error = %std::io::Error::from_raw_os_error(-res), "hand-off to a reactor failed; closing the connection");
                 sys::close(fd);
             }
@@ -239,35 +265,99 @@ impl Acceptor {
         Ok(())
     }
 
-    fn hand_off(&mut self, fd: RawFd) -> Result<()> {
-        // Round-robin over reactors that still run.
-        let n = self.targets.len();
-        let mut chosen = None;
-        for _ in 0..n {
-            let i = self.next % n;
-            self.next = self.next.wrapping_add(1);
-            if !self.targets[i].shared.has_exited() {
-                chosen = Some(i);
-                break;
-            }
-        }
-        let Some(i) = chosen else {
+    /// A new connection: handed to the next reactor with a place (round-robin over reactors
+    /// that still run), or kept until one frees up. Accepting pauses when no place is left.
+    fn accepted(&mut self, fd: RawFd) -> Result<()> {
+        if self.targets.iter().all(|t| t.shared.has_exited()) {
             sys::close(fd);
             return Ok(());
+        }
+        if !self.deferred.is_empty() || !self.try_hand_off(fd, false)? {
+            tracing::debug!(fd, "accepted past the connection cap; waiting for a place");
+            self.deferred.push_back(fd);
+        }
+        let cancel = match self.gate.placed(self.accept_armed, self.room()) {
+            GateAction::Nothing => false,
+            GateAction::Cancel => true,
+            GateAction::Pause { cancel } => {
+                self.stats.accept_pauses += 1;
+                tracing::warn!(
+                    "connection cap reached: accepting paused, new connections wait in the listen backlog"
+                );
+                cancel
+            }
         };
+        if cancel {
+            self.ring
+                .cancel(
+                    Token::engine(Kind::Accept),
+                    Token::engine(Kind::AcceptCancel),
+                )
+                .map_err(push_error)?;
+            self.inflight += 1;
+        }
+        Ok(())
+    }
+
+    /// Room for connections on the reactors that still run.
+    fn room(&self) -> Room {
+        let targets = &self.targets;
+        self.admission
+            .room(None, |i| !targets[i].shared.has_exited())
+    }
+
+    /// Hands `fd` to the next reactor with a place; `false` if none has one (then, with `park`,
+    /// the next release that makes room wakes the acceptor).
+    fn try_hand_off(&mut self, fd: RawFd, park: bool) -> Result<bool> {
+        let targets = &self.targets;
+        let Some(i) = self
+            .admission
+            .admit_any(self.next, park, |i| !targets[i].shared.has_exited())
+        else {
+            return Ok(false);
+        };
+        self.next = i + 1;
         let ring = self.targets[i].ring.as_raw_fd();
+        // A failure names the fd (to close it) and the reactor (to give its place back).
         let failure = Token::conn(
             Kind::HandOff,
             ConnectionId {
                 slot: fd as u32,
-                generation: 0,
+                generation: i as u32,
             },
         );
         self.ring
             .msg_ring(ring, fd, Token::engine(Kind::NewConn), failure)
             .map_err(push_error)?;
         self.stats.accepted += 1;
-        Ok(())
+        Ok(true)
+    }
+
+    /// While paused: hands over the connections kept waiting while places are free, and accepts
+    /// again once the counts are back at the watermark.
+    fn check_accept(&mut self) -> Result<()> {
+        if !self.gate.is_paused() {
+            return Ok(());
+        }
+        while let Some(&fd) = self.deferred.front() {
+            if !self.try_hand_off(fd, true)? {
+                return Ok(());
+            }
+            self.deferred.pop_front();
+        }
+        let targets = &self.targets;
+        // The paused accept's last completion must have arrived before it is armed again.
+        if self.accept_armed
+            || !self
+                .admission
+                .resume_or_park(None, |i| !targets[i].shared.has_exited())
+        {
+            return Ok(());
+        }
+        self.gate.resume();
+        tracing::info!("below the connection cap again: accepting");
+        self.stats.accept_rearms += 1;
+        self.arm_accept()
     }
 
     /// Drains the ring, then tells the reactors no more hand-offs will come.
@@ -294,6 +384,9 @@ impl Acceptor {
                 "acceptor operations still in flight; leaking its buffers"
             );
             self.ring.leak_buffers();
+        }
+        for fd in self.deferred.drain(..) {
+            sys::close(fd);
         }
         self.shared.stats.publish(&self.stats);
         self.engine.acceptor_done();

@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use crate::error::{ConfigError, Result};
 
+mod limits;
+
 /// Which addresses the listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IpVersion {
@@ -96,6 +98,12 @@ pub struct EngineOptions {
     /// every reactor uses it. Otherwise there must be exactly `reactor_count` entries, one per
     /// reactor in order. Default: empty.
     pub reactor_configs: Vec<ReactorConfig>,
+    /// Most live connections in the whole engine. At the cap (or when every reactor is at its
+    /// own [`max_connections_per_reactor`](ReactorConfig::max_connections_per_reactor)) the
+    /// engine stops accepting: new clients wait in the listen backlog, nobody is accepted and
+    /// closed. Accepting resumes once the count is back at 90 % of the cap. Both caps apply; `0`
+    /// means the sum of the per-reactor caps. Default: `0`.
+    pub max_connections: u32,
 }
 
 impl Default for EngineOptions {
@@ -111,6 +119,7 @@ impl Default for EngineOptions {
             #[cfg(feature = "tokio-context")]
             tokio_context: None,
             reactor_configs: Vec::new(),
+            max_connections: 0,
         }
     }
 }
@@ -122,6 +131,12 @@ impl EngineOptions {
             port,
             ..Self::default()
         }
+    }
+
+    /// The engine-wide connection cap in effect (resolves `0` to the sum of the per-reactor
+    /// caps).
+    pub fn effective_max_connections(&self) -> usize {
+        limits::max_connections(self)
     }
 
     /// The configuration reactor `index` runs with.
@@ -253,8 +268,10 @@ pub struct ReactorConfig {
     /// Most completions handled per loop iteration. Higher values batch more work per wake-up
     /// (throughput); lower values return to submitting sooner (latency). Default: `4096`.
     pub batch_cqes: u32,
-    /// Most live connections on this reactor; connections past the limit are closed at once and
-    /// counted in [`ReactorStats::connections_shed`](crate::ReactorStats::connections_shed).
+    /// Most live connections on this reactor. At the cap, accepting pauses (connections wait in
+    /// the listen backlog) and resumes at 90 % of it; see [`EngineOptions::max_connections`] for
+    /// the engine-wide cap. With [`AcceptMode::PerReactor`] a reactor at its cap leaves the
+    /// connections the kernel hashes to its listener waiting even if other reactors have room.
     /// Default: `8192`.
     pub max_connections_per_reactor: u32,
     /// Upper bound on one wait for completions. `None` (the default) waits until there is work:
@@ -267,10 +284,24 @@ pub struct ReactorConfig {
     /// Default: `false`.
     pub incremental_buffer_consumption: bool,
     /// Most receive buffers (pieces, in incremental mode) one connection may hold before its
-    /// receive pauses. A handler that stops reading then holds at most this much of the ring; TCP
-    /// flow control pushes back on its peer until the handler returns buffers. `0` means
-    /// `buffer_ring_entries / 4`. Default: `0`.
+    /// receive pauses: received bytes not yet dropped by the handler, and bytes staged with
+    /// [`write_snapshot`](crate::Connection::write_snapshot) until they are sent. A handler that
+    /// stops reading then holds at most this much of the ring; TCP flow control pushes back on
+    /// its peer until the handler returns buffers. `0` derives it from
+    /// [`max_recv_bytes_per_connection`](Self::max_recv_bytes_per_connection). Default: `0`.
     pub max_buffers_per_connection: u32,
+    /// The per-connection receive bound in bytes, used when `max_buffers_per_connection` is `0`:
+    /// `⌈max_recv_bytes_per_connection / recv_buffer_size⌉` buffers (at least 4, so receiving
+    /// overlaps sending even with large buffers; at most the ring). A connection's unread input is bounded like a production HTTP server's read buffer
+    /// (hyper's is about 400 KiB), so a handful of peers that never read cannot take the ring:
+    /// it takes about `buffer_ring_entries / bound` of them. Default: 256 KiB (16 buffers of
+    /// 16 KiB: a 4096-buffer ring needs 240 such peers to run low).
+    pub max_recv_bytes_per_connection: usize,
+    /// Free buffers kept for light connections. When fewer are free, only connections holding
+    /// fewer than a quarter of their bound keep receiving; the others pause until the ring has
+    /// twice this many free again or they return buffers. `0` means `buffer_ring_entries / 16`
+    /// (no reserve below 16 buffers). See docs/tuning.md for the guarantee. Default: `0`.
+    pub recv_reserve_buffers: u32,
     /// Most bytes a connection may stage for writing before [`Connection::write`] refuses more
     /// (and [`Connection::write_all`] waits for a flush). Bounds memory per connection when a
     /// peer reads slowly. Default: 64 MiB.
@@ -331,6 +362,8 @@ impl ReactorConfig {
         cq_timeout: None,
         incremental_buffer_consumption: false,
         max_buffers_per_connection: 0,
+        max_recv_bytes_per_connection: 256 * 1024,
+        recv_reserve_buffers: 0,
         max_write_buffer: 64 * 1024 * 1024,
         write_timeout: None,
         read_timeout: None,
@@ -344,13 +377,15 @@ impl ReactorConfig {
         self.buffer_ring_entries as usize * self.recv_buffer_size as usize
     }
 
-    /// The per-connection buffer limit in effect (resolves `0` to `buffer_ring_entries / 4`).
+    /// The per-connection buffer limit in effect (resolves `0` from
+    /// `max_recv_bytes_per_connection`).
     pub fn effective_max_buffers_per_connection(&self) -> u32 {
-        if self.max_buffers_per_connection == 0 {
-            (self.buffer_ring_entries / 4).max(1)
-        } else {
-            self.max_buffers_per_connection
-        }
+        limits::max_buffers(self)
+    }
+
+    /// The ring reserve in effect (resolves `0` to `buffer_ring_entries / 16`).
+    pub fn effective_recv_reserve_buffers(&self) -> u32 {
+        limits::reserve(self)
     }
 
     /// Checks this reactor configuration.
@@ -406,15 +441,7 @@ impl ReactorConfig {
         if self.max_connections_per_reactor == 0 {
             return e("max_connections_per_reactor", "must be at least 1".into());
         }
-        if self.max_buffers_per_connection > self.buffer_ring_entries {
-            return e(
-                "max_buffers_per_connection",
-                format!(
-                    "is {}, more than the {} buffers in the ring",
-                    self.max_buffers_per_connection, self.buffer_ring_entries
-                ),
-            );
-        }
+        limits::validate(self)?;
         if self.max_write_buffer == 0 {
             return e("max_write_buffer", "must be at least 1 byte".into());
         }
@@ -640,19 +667,5 @@ mod tests {
         assert_eq!(field_of(opts.validate().unwrap_err()), "ip");
         opts.ip = "::1".parse().unwrap();
         opts.validate().unwrap();
-    }
-
-    #[test]
-    fn per_connection_limit_resolves() {
-        let rc = ReactorConfig::default();
-        assert_eq!(rc.effective_max_buffers_per_connection(), 1024);
-        let rc = ReactorConfig {
-            max_buffers_per_connection: 9999,
-            ..ReactorConfig::default()
-        };
-        assert_eq!(
-            field_of(rc.validate().unwrap_err()),
-            "max_buffers_per_connection"
-        );
     }
 }

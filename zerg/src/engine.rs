@@ -12,6 +12,7 @@ use std::time::Duration;
 use socket2::Socket;
 
 use crate::acceptor;
+use crate::admission::Admission;
 use crate::config::{AcceptMode, EngineOptions};
 use crate::conn::Connection;
 use crate::error::{Error, Result};
@@ -242,6 +243,7 @@ impl Engine {
             next_outbound: AtomicUsize::new(0),
         };
 
+        let admission = Arc::new(Admission::for_engine(&options));
         let mut reactors = Vec::with_capacity(options.reactor_count);
         for index in 0..options.reactor_count {
             let listener = listeners.get(index).filter(|_| per_reactor);
@@ -253,6 +255,7 @@ impl Engine {
                 engine: shared.clone(),
                 #[cfg(feature = "tokio-context")]
                 tokio: tokio.as_ref().map(|(h, _)| h.clone()),
+                admission: admission.clone(),
             };
             match reactor::spawn(init) {
                 Ok(spawned) => {
@@ -281,6 +284,7 @@ impl Engine {
                 listeners[0].as_raw_fd(),
                 reactors,
                 shared.clone(),
+                admission,
             ) {
                 Ok((a, thread)) => {
                     shared.set_acceptor(a);

@@ -75,6 +75,7 @@
 #![cfg(target_os = "linux")]
 
 mod acceptor;
+mod admission;
 mod buf_ring;
 mod config;
 mod conn;

@@ -126,6 +126,11 @@ impl AcceptorShared {
         }
     }
 
+    /// Wakes the acceptor so it re-checks the connection caps.
+    pub(crate) fn wake(&self) {
+        self.wake.write();
+    }
+
     pub(crate) fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::Acquire)
     }

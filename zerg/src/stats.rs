@@ -43,7 +43,9 @@ stats_struct! {
         connections,
         /// Connections adopted since start.
         connections_total,
-        /// Connections closed at once because `max_connections_per_reactor` was reached.
+        /// Connections closed at once for want of room: the accept queue of
+        /// [`Engine::accept`](crate::Engine::accept) was full. Caps do not shed: they pause
+        /// accepting instead (`accept_pauses`).
         connections_shed,
         /// Buffers in the provided-buffer ring.
         buffers_total,
@@ -57,8 +59,19 @@ stats_struct! {
         /// Times a multishot receive was re-armed after it ended (ENOBUFS recovery, pauses, the
         /// kernel ending it).
         recv_rearms,
-        /// Times a connection's receive paused because it held `max_buffers_per_connection`.
+        /// Times a connection's receive paused because it held `max_buffers_per_connection`, or,
+        /// while the ring was low, a quarter of it.
         recv_pauses,
+        /// Times the ring ran low: fewer free buffers than the reserve
+        /// (`recv_reserve_buffers`). Until it recovers, only light connections receive.
+        ring_low,
+        /// FINs, resets and socket errors noticed while a connection's receive was paused or
+        /// starved (a poll watches such connections); resets and errors end its reads and
+        /// writes at once, a FIN ends its reads once every byte before it was delivered.
+        paused_closes,
+        /// Times this reactor stopped accepting at a connection cap (per-reactor accept mode);
+        /// new connections waited in the listen backlog until it resumed.
+        accept_pauses,
         /// Times the multishot accept was re-armed (per-reactor accept mode).
         accept_rearms,
         /// Accept errors (per-reactor accept mode), e.g. `EMFILE`.
@@ -99,6 +112,9 @@ stats_struct! {
         accept_rearms,
         /// Hand-offs to a reactor that failed (the connection was closed).
         handoff_failures,
+        /// Times the acceptor stopped accepting at a connection cap; new connections waited in
+        /// the listen backlog until it resumed.
+        accept_pauses,
         /// Times the acceptor woke from a blocking wait.
         wakeups,
     }

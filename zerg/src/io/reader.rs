@@ -40,7 +40,7 @@ use crate::error::{CloseReason, Error};
 ///
 /// Unconsumed bytes keep their receive buffers out of the ring. A connection holding
 /// [`max_buffers_per_connection`](crate::ReactorConfig::max_buffers_per_connection) buffers
-/// (pieces, in incremental mode) stops receiving until some are consumed. A reader that examined
+/// (pieces, in incremental mode; 256 KiB worth by default) stops receiving until some are consumed. A reader that examined
 /// everything it holds at that bound, and asks for more, would wait forever: instead its `read`
 /// ends with [`Error::MessageTooLarge`] ([`ReaderResult::error`]) naming the bound, and the held
 /// buffers go back to the kernel. [`with_max_message`](Self::with_max_message) sets a smaller,

@@ -84,6 +84,9 @@ impl Reactor {
         items.clear();
         self.items = items;
         if let Some(conn) = self.conns.remove(id) {
+            if conn.admitted {
+                self.release_place();
+            }
             // A snapshot that outlives its connection hands its pieces back later, with this
             // connection's token: keep the shared state reachable for `zombie_returns`. The
             // prune drops it at once if nothing else holds it, after releasing what a snapshot
@@ -100,6 +103,7 @@ impl Reactor {
         if self.phase == Phase::Closing {
             return Ok(());
         }
+        self.close_deferred();
         if self.phase == Phase::Running && self.accept_armed {
             self.ring
                 .cancel(
@@ -160,6 +164,7 @@ impl Reactor {
                 sys::close(conn.fd);
             }
         }
+        self.close_deferred();
         self.shared.mark_exited();
         executor::cancel_all(&self.shared);
         if let Err(e) = self.ring.uring().submitter().unregister_buf_ring(BGID) {

@@ -35,7 +35,8 @@ pub(super) enum RecvState {
     Cancelling,
     /// Not armed, to be armed by whoever set this state.
     Idle,
-    /// Holding `max_buffers_per_connection`; re-armed when buffers come back.
+    /// Holding `max_buffers_per_connection` (or, while the ring is low, its quota); re-armed when
+    /// buffers come back or the ring recovers.
     Paused,
     /// Ended with `-ENOBUFS`; re-armed when the ring has buffers again.
     Starved,
@@ -72,6 +73,14 @@ pub(super) struct Conn {
     pub(super) send_since: u64,
     /// The outbound connect, while it or its linked timeout is in flight.
     pub(super) connect: Option<Box<Connecting>>,
+    /// Accepted under the connection caps: its place goes back when it is freed (outbound
+    /// connections take none).
+    pub(super) admitted: bool,
+    /// The close watch (a multishot poll for FIN, reset, error) is armed.
+    pub(super) watch: bool,
+    /// The watch saw the peer's FIN while bytes before it still waited in the socket: they are
+    /// received (then end of file) once the receive is armed again.
+    pub(super) peer_fin: bool,
 }
 
 impl Conn {
@@ -92,6 +101,9 @@ impl Conn {
             request_since: None,
             send_since: 0,
             connect: None,
+            admitted: false,
+            watch: false,
+            peer_fin: false,
         }
     }
 

@@ -19,8 +19,10 @@
 //! connections from the acceptor arrive as MSG_RING completions, so an idle reactor sleeps in the
 //! kernel without a timeout.
 //!
-//! One file per concern: `accept.rs` (new connections), `recv.rs`, `send.rs`, `inbox.rs`
-//! (requests from handles), `close.rs` (closing, stopping, teardown), `connect.rs` (outbound
+//! One file per concern: `accept.rs` (new connections, connection caps), `recv.rs`,
+//! `pressure.rs` (the per-connection bound, the ring running low), `watch.rs` (closes noticed
+//! while a receive is paused), `send.rs`, `inbox.rs` (requests from handles), `close.rs`
+//! (closing, stopping, teardown), `timers.rs` (connection timeouts), `connect.rs` (outbound
 //! connections) and `outbound.rs` (their requests and answers); `conn.rs` holds the reactor's
 //! half of a connection.
 
@@ -30,9 +32,11 @@ mod conn;
 mod connect;
 mod inbox;
 pub(crate) mod outbound;
+mod pressure;
 mod recv;
 mod send;
 mod timers;
+mod watch;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -41,6 +45,7 @@ use std::time::Duration;
 
 use io_uring::cqueue;
 
+use crate::admission::Admission;
 use crate::buf_ring::{BufRing, RecvItem};
 use crate::config::ReactorConfig;
 use crate::conn::{ConnShared, Connection};
@@ -53,8 +58,10 @@ use crate::runtime::{ReactorShared, executor, local};
 use crate::stats::ReactorStats;
 use crate::sys::{self, EventFd};
 
+use accept::Accepting;
 use conn::Conn;
 use outbound::{Outbound, OutboundRequest};
+use pressure::Pressure;
 use timers::{ConnTimers, Timeouts};
 
 /// Buffer-group id of every reactor's ring (each reactor has its own io_uring).
@@ -96,6 +103,8 @@ pub(crate) struct ReactorInit {
     /// The tokio runtime whose context the thread enters (`EngineOptions::tokio_context`).
     #[cfg(feature = "tokio-context")]
     pub(crate) tokio: Option<tokio::runtime::Handle>,
+    /// The engine's connection counts and caps.
+    pub(crate) admission: Arc<Admission>,
 }
 
 /// A started reactor: its shared part, its outbound inbox, its thread.
@@ -204,6 +213,9 @@ struct Reactor {
     incremental: bool,
     max_conns: usize,
     max_held: u32,
+    pressure: Pressure,
+    /// The connection caps: places, and the accept against them (per-reactor accept mode).
+    accepting: Accepting,
     /// Bytes per receive buffer.
     buf_size: u32,
     /// Arm receives with a byte limit of the buffers the connection may still take
@@ -274,6 +286,7 @@ impl Reactor {
             mode,
             listener,
             engine,
+            admission,
             ..
         } = init;
         if let Some(cpu) = config.cpu {
@@ -346,6 +359,8 @@ impl Reactor {
             incremental: config.incremental_buffer_consumption,
             max_conns,
             max_held: config.effective_max_buffers_per_connection(),
+            pressure: Pressure::new(&config),
+            accepting: Accepting::new(admission),
             buf_size: config.recv_buffer_size,
             recv_limit: true,
             recv_limit_works: false,
@@ -422,7 +437,9 @@ impl Reactor {
                 self.drain_requests()?;
             }
             self.drain_outbound()?;
+            self.check_pressure()?;
             self.rearm_starved()?;
+            self.check_accept()?;
             if self.phase == Phase::Closing
                 && self.conns.is_empty()
                 && self.engine.is_acceptor_done()
@@ -508,6 +525,7 @@ impl Reactor {
                 self.on_connect_timeout(token.id, res);
                 Ok(())
             }
+            Kind::Watch => self.on_watch(token.id, res, flags),
             Kind::Cancel => {
                 if let Some(conn) = self.conns.get_mut(token.id) {
                     conn.ops -= 1;

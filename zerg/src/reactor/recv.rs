@@ -1,5 +1,6 @@
 //! The receive path: one multishot receive per connection from the provided-buffer ring, paused
-//! at the per-connection bound, re-armed after `-ENOBUFS` once buffers come back.
+//! at the per-connection bound (`pressure.rs` decides how much a connection may hold), re-armed
+//! after `-ENOBUFS` once buffers come back; a watch notices closes meanwhile (`watch.rs`).
 
 use io_uring::cqueue;
 
@@ -11,15 +12,16 @@ use crate::ring::token::{ConnectionId, Kind, Token};
 
 impl Reactor {
     pub(super) fn arm_recv(&mut self, id: ConnectionId) -> Result<()> {
+        let cap = self.recv_cap();
         let Some(conn) = self.conns.get_mut(id) else {
             return Ok(());
         };
         conn.ops += 1;
         let fd = conn.fd;
-        // At most the buffers this connection may still take (at least one, so it progresses).
+        // At most the buffers this connection may still take (at least one, so it progresses):
+        // its bound, or its quota while the ring is low.
         let limit = if self.recv_limit {
-            self.max_held
-                .saturating_sub(conn.held)
+            cap.saturating_sub(conn.held)
                 .max(1)
                 .saturating_mul(self.buf_size)
         } else {
@@ -69,7 +71,7 @@ impl Reactor {
             }
             _ => None,
         };
-        let max_held = self.max_held;
+        let cap = self.recv_cap();
         let Some(conn) = self.conns.get_mut(id) else {
             self.stats.stale_completions += 1;
             if let Some(item) = item {
@@ -86,7 +88,7 @@ impl Reactor {
             conn.held += 1;
             self.stats.bytes_received += u64::from(item.len);
             conn.shared.deliver(item);
-            pause = more && conn.held >= max_held && conn.recv_armed() && !conn.is_closing();
+            pause = more && conn.held >= cap && conn.recv_armed() && !conn.is_closing();
         }
         if pause {
             // Counted in `recv_pauses` once the receive has ended (`recv_ended`).
@@ -115,7 +117,7 @@ impl Reactor {
                 self.stats.enobufs += 1;
                 conn.recv = RecvState::Starved;
                 self.starved.push_back(id);
-                Ok(())
+                self.arm_watch(id)
             }
             r if r == -libc::EINVAL && limited && !self.recv_limit_works => {
                 // The kernel predates IORING_RECV_MSHOT_LIM: receive without the limit.
@@ -141,37 +143,36 @@ impl Reactor {
 
     /// The receive of a live connection ended without EOF or error: pause or re-arm.
     fn recv_ended(&mut self, id: ConnectionId) -> Result<()> {
-        let max_held = self.max_held;
+        let cap = self.recv_cap();
         let Some(conn) = self.conns.get_mut(id) else {
             return Ok(());
         };
-        if conn.held >= max_held {
-            conn.recv = RecvState::Paused;
-            self.stats.recv_pauses += 1;
-            Ok(())
+        if conn.held >= cap {
+            self.pause_recv(id)
         } else {
             self.stats.recv_rearms += 1;
             self.arm_recv(id)
         }
     }
 
-    /// Re-arms receives that ended with `-ENOBUFS`, as many as the ring has free buffers.
+    /// Re-arms receives that ended with `-ENOBUFS`, as many as the ring has free buffers, in
+    /// arrival order; connections holding their cap (their quota, while the ring is low) pause
+    /// instead.
     pub(super) fn rearm_starved(&mut self) -> Result<()> {
         let mut budget = self.bufs.free();
         while budget > 0 {
             let Some(id) = self.starved.pop_front() else {
                 break;
             };
-            let max_held = self.max_held;
+            let cap = self.recv_cap();
             let Some(conn) = self.conns.get_mut(id) else {
                 continue;
             };
             if conn.recv != RecvState::Starved || !conn.is_open() {
                 continue;
             }
-            if conn.held >= max_held {
-                conn.recv = RecvState::Paused;
-                self.stats.recv_pauses += 1;
+            if conn.held >= cap {
+                self.pause_recv(id)?;
                 continue;
             }
             budget -= 1;
@@ -184,12 +185,12 @@ impl Reactor {
     /// `n` pieces of `id` came back to the ring: re-arms a paused receive once the connection
     /// holds few enough buffers.
     pub(super) fn returned(&mut self, id: ConnectionId, n: u32) -> Result<()> {
-        let max_held = self.max_held;
         let Some(conn) = self.conns.get_mut(id) else {
             return Ok(());
         };
         conn.held = conn.held.saturating_sub(n);
-        if conn.recv == RecvState::Paused && conn.held <= max_held / 2 && conn.is_open() {
+        let (held, paused) = (conn.held, conn.recv == RecvState::Paused && conn.is_open());
+        if paused && self.may_resume(held) {
             self.stats.recv_rearms += 1;
             self.arm_recv(id)?;
         }

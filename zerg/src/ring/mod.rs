@@ -148,6 +148,18 @@ impl Ring {
         self.push(&entry)
     }
 
+    /// A multishot poll of `fd` for `events` (`POLL*` bits; the kernel adds `POLLERR`, `POLLHUP`
+    /// and `POLLRDHUP`): one completion (result: the events that are ready) when armed on a
+    /// ready socket and one per wake-up carrying those events, until cancelled.
+    pub(crate) fn poll_multi(&mut self, fd: RawFd, events: u32, user_data: u64) -> io::Result<()> {
+        self.push(
+            &opcode::PollAdd::new(Fd(fd), events)
+                .multi(true)
+                .build()
+                .user_data(user_data),
+        )
+    }
+
     /// Reads the eventfd counter into the ring's own 8-byte buffer.
     pub(crate) fn read_wake(&mut self, eventfd: RawFd, user_data: u64) -> io::Result<()> {
         let buf: *mut u64 = &mut *self.wake_buf;
@@ -162,6 +174,16 @@ impl Ring {
     pub(crate) fn accept_multi(&mut self, listener: RawFd, user_data: u64) -> io::Result<()> {
         self.push(
             &opcode::AcceptMulti::new(Fd(listener))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(user_data),
+        )
+    }
+
+    /// A single accept (one connection); close-on-exec.
+    pub(crate) fn accept_one(&mut self, listener: RawFd, user_data: u64) -> io::Result<()> {
+        self.push(
+            &opcode::Accept::new(Fd(listener), std::ptr::null_mut(), std::ptr::null_mut())
                 .flags(libc::SOCK_CLOEXEC)
                 .build()
                 .user_data(user_data),

@@ -59,6 +59,8 @@ pub(crate) enum Kind {
     Connect = 20,
     /// Linked timeout on an outbound connect.
     ConnectTimeout = 21,
+    /// Poll for FIN, reset or error while a connection's receive is not armed.
+    Watch = 22,
     /// Acceptor: a hand-off that failed (slot holds the fd).
     HandOff = 32,
 }
@@ -77,6 +79,7 @@ impl Kind {
             19 => Kind::Cancel,
             20 => Kind::Connect,
             21 => Kind::ConnectTimeout,
+            22 => Kind::Watch,
             32 => Kind::HandOff,
             _ => return None,
         })
@@ -129,6 +132,7 @@ mod tests {
             Kind::Cancel,
             Kind::Connect,
             Kind::ConnectTimeout,
+            Kind::Watch,
         ] {
             let t = Token::decode(Token::conn(kind, id)).unwrap();
             assert_eq!(t, Token { kind, id });

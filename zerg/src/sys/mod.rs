@@ -79,6 +79,23 @@ pub(crate) fn shutdown_both(fd: RawFd) -> io::Result<()> {
     syscall!(shutdown(fd, libc::SHUT_RDWR)).map(drop)
 }
 
+/// Bytes received by the kernel and not yet read from socket `fd` (`SIOCINQ`).
+pub(crate) fn pending_input(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // ioctl(2) FIONREAD (SIOCINQ for TCP) writes one int through a pointer to a live local.
+    syscall!(ioctl(fd, libc::FIONREAD, &raw mut n))?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Takes the pending error of socket `fd` (`SO_ERROR`; reading it clears it).
+pub(crate) fn take_socket_error(fd: RawFd) -> io::Result<Option<i32>> {
+    // SAFETY: the caller guarantees `fd` is an open socket for the duration of this call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    Ok(socket2::SockRef::from(&fd)
+        .take_error()?
+        .and_then(|e| e.raw_os_error()))
+}
+
 /// The peer address of a connected socket.
 pub(crate) fn peer_addr(fd: RawFd) -> io::Result<std::net::SocketAddr> {
     // SAFETY: the caller guarantees `fd` is an open socket for the duration of this call.

@@ -98,7 +98,9 @@ mod tokio_context;
 
 #[cfg(feature = "tokio-context")]
 pub use config::TokioContext;
-pub use config::{AcceptMode, AcceptorConfig, EngineOptions, IpVersion, ReactorConfig};
+pub use config::{
+    AcceptMode, AcceptorConfig, EngineOptions, IpVersion, ReactorConfig, RecvRingConfig,
+};
 pub use conn::{
     Connection, Flush, FlushState, Read, ReadSnapshot, RingItem, Segments, Sequence, Shutdown,
     ShutdownState, WriteAll,

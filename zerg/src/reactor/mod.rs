@@ -62,6 +62,7 @@ use accept::Accepting;
 use conn::Conn;
 use outbound::{Outbound, OutboundRequest};
 use pressure::Pressure;
+use recv::Receiving;
 use timers::{ConnTimers, Timeouts};
 
 /// Buffer-group id of every reactor's ring (each reactor has its own io_uring).
@@ -214,6 +215,8 @@ struct Reactor {
     max_conns: usize,
     max_held: u32,
     pressure: Pressure,
+    /// How receives are armed (bundles or not).
+    receiving: Receiving,
     /// The connection caps: places, and the accept against them (per-reactor accept mode).
     accepting: Accepting,
     /// Bytes per receive buffer.
@@ -304,8 +307,9 @@ impl Reactor {
             sq_thread_idle: config.sq_thread_idle,
         };
         let uring = sys::ring::build(&spec, &who)?;
-        let bufs = BufRing::new(
+        let mut bufs = BufRing::new(
             config.buffer_ring_entries as u16,
+            config.effective_initial_recv_buffers() as u16,
             config.recv_buffer_size,
             BGID,
             config.incremental_buffer_consumption,
@@ -326,6 +330,10 @@ impl Reactor {
                 &who,
             ));
         }
+        // Without SQPOLL the kernel writes received data only inside this thread's
+        // io_uring_enter, so idle buffers in the ring may give their pages back.
+        bufs.allow_idle_discard(!config.sqpoll);
+        let receiving = Receiving::new(&config, &uring, index);
         let ring = Ring::new(uring, Duration::from_millis(100), config.cq_timeout);
         let eventfd = EventFd::new().map_err(|e| Error::io(format!("eventfd for {who}"), e))?;
         let wake_fd = eventfd.raw();
@@ -360,6 +368,7 @@ impl Reactor {
             max_conns,
             max_held: config.effective_max_buffers_per_connection(),
             pressure: Pressure::new(&config),
+            receiving,
             accepting: Accepting::new(admission),
             buf_size: config.recv_buffer_size,
             recv_limit: true,

@@ -71,6 +71,9 @@ stats_struct! {
         ring_grows,
         /// Times the receive ring shrank after a period of light use.
         ring_shrinks,
+        /// Receive completions that carried more than one buffer (receive bundles,
+        /// [`RecvRingConfig::bundle`](crate::RecvRingConfig::bundle)).
+        recv_bundles,
         /// Bytes of receive memory given back to the system (pages of buffers taken out of
         /// circulation, and of idle buffers when the ring shrank).
         recv_memory_released,

@@ -39,8 +39,8 @@ pub(crate) mod probe;
 #[cfg(test)]
 mod tests;
 
-use pool::Mapping;
 pub(crate) use pool::BufPool;
+use pool::Mapping;
 
 /// One received piece: `len` bytes at offset `off` of buffer `bid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -180,7 +180,9 @@ fn self_test(incremental: bool, accounting: Accounting) -> Result<(), String> {
                 s.arm()?;
             }
             let cqes = s.wait(Duration::from_millis(50))?;
-            if cqes.is_empty() && !held.is_empty() && idle_since.elapsed() > Duration::from_millis(100)
+            if cqes.is_empty()
+                && !held.is_empty()
+                && idle_since.elapsed() > Duration::from_millis(100)
             {
                 // Nothing moves while we hold buffers: the kernel may be waiting for some.
                 for item in held.drain(..) {

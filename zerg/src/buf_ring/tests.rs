@@ -41,7 +41,12 @@ impl FakeKernel {
     /// A bundle: up to `n` bytes through the entries from the head, each filled before the
     /// next; returns (first bid, bytes, buf_more). Non-incremental, every buffer it wrote into
     /// is consumed; incremental, the last one stays at the head if it has room left.
-    fn recv_bundle(&mut self, ring: &BufRing, n: u32, incremental: bool) -> Option<(u16, u32, bool)> {
+    fn recv_bundle(
+        &mut self,
+        ring: &BufRing,
+        n: u32,
+        incremental: bool,
+    ) -> Option<(u16, u32, bool)> {
         let (first, _) = ring.kernel_peek(self.head)?;
         let (mut left, mut total) = (n, 0);
         while left > 0 {
@@ -280,7 +285,14 @@ fn incremental_bundle_continues_the_partly_filled_head() {
     assert_eq!(pieces(&out), vec![(0, 40, 60), (1, 0, 100), (2, 0, 30)]);
     // Buffer 2 is still the kernel's: its next piece lands at offset 30.
     let (bid, len, more) = kernel.recv_inc(&ring, 5).unwrap();
-    assert_eq!(ring.on_recv(bid, len, more).unwrap(), RecvItem { bid: 2, off: 30, len: 5 });
+    assert_eq!(
+        ring.on_recv(bid, len, more).unwrap(),
+        RecvItem {
+            bid: 2,
+            off: 30,
+            len: 5
+        }
+    );
     ring.release(&a);
     for item in &out {
         ring.release(item);
@@ -335,7 +347,10 @@ fn random_bundles(incremental: bool, seed: u64) {
     if !incremental {
         assert_eq!(ring.free(), ring.total(), "every buffer is back");
     }
-    assert!(grows > 0 && bundles > 10_000, "{grows} grows, {bundles} bundles");
+    assert!(
+        grows > 0 && bundles > 10_000,
+        "{grows} grows, {bundles} bundles"
+    );
 }
 
 #[test]

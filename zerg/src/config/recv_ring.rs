@@ -85,7 +85,9 @@ pub(super) fn validate(rc: &ReactorConfig) -> Result<()> {
             ),
         );
     }
-    if r.shrink_after.is_some_and(|d| d < Duration::from_millis(10)) {
+    if r.shrink_after
+        .is_some_and(|d| d < Duration::from_millis(10))
+    {
         return e(
             "recv_ring.shrink_after",
             "must be at least 10 ms (use None to never shrink)".into(),
@@ -103,18 +105,26 @@ mod tests {
     fn initial_circulation_is_8_mib_within_the_ring() {
         let rc = ReactorConfig::default();
         assert_eq!(rc.effective_initial_recv_buffers(), 512);
-        let mut rc = ReactorConfig::default();
-        rc.recv_buffer_size = 1 << 20;
-        rc.buffer_ring_entries = 64;
+        let mut rc = ReactorConfig {
+            recv_buffer_size: 1 << 20,
+            buffer_ring_entries: 64,
+            ..ReactorConfig::default()
+        };
         // 8 MiB of 1 MiB buffers, and twice the 4-buffer bound.
         assert_eq!(rc.effective_initial_recv_buffers(), 8);
         rc.buffer_ring_entries = 4;
         assert_eq!(rc.effective_initial_recv_buffers(), 4, "at most the ring");
         rc.recv_ring.initial_buffers = 2;
         assert_eq!(rc.effective_initial_recv_buffers(), 2, "explicit wins");
-        let mut rc = ReactorConfig::default();
-        rc.recv_buffer_size = 512;
-        assert_eq!(rc.effective_initial_recv_buffers(), 4096, "whole small rings");
+        let rc = ReactorConfig {
+            recv_buffer_size: 512,
+            ..ReactorConfig::default()
+        };
+        assert_eq!(
+            rc.effective_initial_recv_buffers(),
+            4096,
+            "whole small rings"
+        );
     }
 
     #[test]

@@ -496,6 +496,7 @@ impl Reactor {
 
     fn publish_stats(&mut self) {
         self.stats.connections = self.conns.len() as u64;
+        self.stats.buffers_total = u64::from(self.bufs.total());
         self.stats.buffers_free = u64::from(self.bufs.free());
         self.stats.buffers_held = u64::from(self.bufs.total() - self.bufs.free());
         self.stats.handler_panics = executor::panics();

@@ -135,8 +135,10 @@ impl Reactor {
             self.recv_limit_works |= limited;
             conn.last_active = self.now;
             conn.request_since.get_or_insert(self.now);
-            conn.held += self.receiving.items.len() as u32;
+            let n = self.receiving.items.len() as u32;
+            conn.held += n;
             self.stats.bytes_received += res as u64;
+            self.stats.recv_bundles += u64::from(n > 1);
             for &item in &self.receiving.items {
                 conn.shared.deliver(item);
             }

@@ -10,7 +10,8 @@ pub(crate) enum Load {
     Wrk { conns: usize },
     /// Our load generator with these arguments (port, timing and threads added).
     Gen { args: Vec<String> },
-    /// `conns` idle connections: server RSS delta per connection.
+    /// `conns` idle connections: server RSS delta per connection. `0`: as many as the
+    /// descriptor limit (`RLIMIT_NOFILE`, inherited by server and load generator) allows.
     Idle { conns: usize },
     /// Server syscalls per request during a load generator run.
     Syscalls {
@@ -252,6 +253,14 @@ fn echo_and_aux_workloads(
             Load::Idle { conns: 10_000 },
             "conn",
         ),
+        slow(w(
+            "idle-max",
+            "as many idle connections as the descriptor limit allows",
+            Suite,
+            "http",
+            Load::Idle { conns: 0 },
+            "conn",
+        )),
         scaled(w(
             "scale-http-pipe16",
             "HTTP pipelined x16, 256 conns per server CPU, N reactors",

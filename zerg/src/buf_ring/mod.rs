@@ -97,7 +97,7 @@ pub(crate) struct BufRing {
     /// Buffers retired since the last [`discard_retired`](Self::discard_retired).
     retired: Vec<u16>,
     /// The kernel writes received data only while the owning thread is inside
-    /// `io_uring_enter` (no SQPOLL thread): idle buffers in the ring may have their pages
+    /// `io_uring_enter` (`DEFER_TASKRUN`): idle buffers in the ring may have their pages
     /// released ([`discard_idle`](Self::discard_idle)).
     idle_discard: bool,
 }
@@ -172,7 +172,9 @@ impl BufRing {
     }
 
     /// Allows [`discard_idle`](Self::discard_idle): the caller guarantees that the kernel writes
-    /// into ring buffers only while the owning thread is inside `io_uring_enter` (no SQPOLL).
+    /// into ring buffers only while the owning thread is inside `io_uring_enter`
+    /// (`IORING_SETUP_DEFER_TASKRUN`: no SQPOLL thread, no task work run at other syscalls'
+    /// return).
     pub(crate) fn allow_idle_discard(&mut self, allowed: bool) {
         self.idle_discard = allowed;
     }
@@ -464,8 +466,9 @@ impl BufRing {
 
     /// Gives back the pages of the buffers in the ring that nobody holds a piece of (when
     /// allowed, see [`allow_idle_discard`](Self::allow_idle_discard)): an idle reactor keeps its
-    /// circulation but not its memory; the kernel's next write faults a page in again. Returns
-    /// the bytes released.
+    /// circulation but not its memory; the kernel's next write faults a page in again. The
+    /// caller has reaped every completion (a buffer named by an unreaped one looks idle here).
+    /// Returns the bytes released.
     pub(crate) fn discard_idle(&mut self) -> usize {
         if !self.idle_discard {
             return 0;
@@ -491,9 +494,9 @@ impl BufRing {
                 n += 1;
             }
             // SAFETY: every buffer of the run is out of circulation (retired: not in the ring, no
-            // piece held) or, with `idle_discard`, in the ring with no piece held while the
-            // kernel writes only inside this thread's `io_uring_enter`, so nothing reads or
-            // writes it now.
+            // piece held) or, with `idle_discard`, in the ring with no piece held and no
+            // completion naming it unreaped, while the kernel writes only inside this thread's
+            // `io_uring_enter`: nothing reads or writes it now.
             released += unsafe { self.pool.discard(first, n as u32) };
             i += n;
         }

@@ -330,9 +330,10 @@ impl Reactor {
                 &who,
             ));
         }
-        // Without SQPOLL the kernel writes received data only inside this thread's
-        // io_uring_enter, so idle buffers in the ring may give their pages back.
-        bufs.allow_idle_discard(!config.sqpoll);
+        // With DEFER_TASKRUN (which excludes SQPOLL) the kernel writes received data only
+        // inside this thread's io_uring_enter, so between two enters, with every completion
+        // reaped, idle buffers in the ring may give their pages back.
+        bufs.allow_idle_discard(config.defer_taskrun);
         let receiving = Receiving::new(&config, &uring, index);
         let ring = Ring::new(uring, Duration::from_millis(100), config.cq_timeout);
         let eventfd = EventFd::new().map_err(|e| Error::io(format!("eventfd for {who}"), e))?;

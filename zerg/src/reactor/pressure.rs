@@ -151,7 +151,13 @@ impl Reactor {
         if p.peak.saturating_mul(4) <= active && want < target {
             self.bufs.shrink_to(want);
             self.stats.ring_shrinks += 1;
-            let released = self.bufs.discard_idle();
+            // Only with every completion reaped: a buffer the kernel filled for a completion
+            // still waiting in the queue looks idle (in the ring, no piece held).
+            let released = if self.ring.drained() {
+                self.bufs.discard_idle()
+            } else {
+                0
+            };
             self.stats.recv_memory_released += released as u64;
             tracing::debug!(
                 reactor = self.index,

@@ -129,6 +129,12 @@ impl Ring {
         self.uring.completion()
     }
 
+    /// No completion waits to be reaped, neither in the completion queue nor in the kernel's
+    /// overflow list: every buffer the kernel filled has been seen.
+    pub(crate) fn drained(&mut self) -> bool {
+        self.uring.completion().is_empty() && !self.uring.submission().cq_overflow()
+    }
+
     /// Multishot receive into buffers of group `bgid`. A non-zero `limit` ends it (a completion
     /// without `F_MORE`) once that many bytes were received (`IORING_RECV_MSHOT_LIM`, Linux
     /// 6.17; older kernels fail the receive with `EINVAL`). With `bundle`

@@ -71,13 +71,17 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let held: Vec<_> = (0..5).map(|i| connect(addr, i, 2).unwrap()).collect();
-        let sources: Vec<IpAddr> = (0..5)
-            .map(|_| listener.accept().unwrap().1.ip())
-            .collect();
-        let want: Vec<IpAddr> = ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.3"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
+        let sources: Vec<IpAddr> = (0..5).map(|_| listener.accept().unwrap().1.ip()).collect();
+        let want: Vec<IpAddr> = [
+            "127.0.0.1",
+            "127.0.0.1",
+            "127.0.0.2",
+            "127.0.0.2",
+            "127.0.0.3",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
         assert_eq!(sources, want);
         drop(held);
     }

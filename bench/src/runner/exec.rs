@@ -341,8 +341,8 @@ const FD_MARGIN: u64 = 128;
 /// As many connections as the descriptor limit allows both sides: the runner raised its soft
 /// limit to the hard one, and the children inherit it (the servers raise theirs the same way).
 fn max_idle_conns() -> Result<usize, String> {
-    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE)
-        .map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
+    let (soft, _) =
+        rlimit::getrlimit(rlimit::Resource::NOFILE).map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
     let n = soft.saturating_sub(FD_MARGIN);
     if n < 1000 {
         return Err(format!("RLIMIT_NOFILE is {soft}: too low for idle-max"));

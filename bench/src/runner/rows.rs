@@ -167,7 +167,13 @@ pub(crate) fn server_kinds(p: &Paths) -> Vec<ServerKind> {
         ),
         zerg(
             "zerg-fixed",
-            &["--mode", "reactor", "--accept", "per-reactor", "--fixed-ring"],
+            &[
+                "--mode",
+                "reactor",
+                "--accept",
+                "per-reactor",
+                "--fixed-ring",
+            ],
         ),
         ServerKind {
             needs: Some(p.c_server.clone()),

@@ -66,7 +66,7 @@ unsafe impl Send for BufPool {}
 unsafe impl Sync for BufPool {}
 
 /// Bytes per page (the unit `madvise` releases).
-fn page_size() -> usize {
+pub(super) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)

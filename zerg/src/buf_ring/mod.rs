@@ -430,11 +430,11 @@ impl BufRing {
         }
     }
 
-    /// Doubles the circulation (at most to the capacity): the new buffers go into the ring.
-    /// Returns how many were added.
+    /// Doubles the circulation (at most to the capacity), cancelling a shrink under way: the
+    /// new buffers go into the ring. Returns how many were added.
     pub(crate) fn grow(&mut self) -> u32 {
         let before = self.active;
-        self.target = (self.target.max(1) * 2).min(self.capacity());
+        self.target = (self.target.max(self.active).max(1) * 2).min(self.capacity());
         while self.active < self.target {
             let Some(bid) = self.retired.pop().or_else(|| self.spare.pop()) else {
                 break;

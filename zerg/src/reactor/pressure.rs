@@ -4,7 +4,7 @@
 //! Every connection may hold up to `max_held` buffers (pieces, in incremental mode): unread
 //! input plus input staged for a zero-copy send. Its receive is armed with a byte limit of what
 //! it may still take, so the kernel stops it at the bound by itself. When fewer than `reserve`
-//! buffers are free the ring is *low*: only connections holding fewer than `quota` buffers (a
+//! buffers are free and the ring has grown to its capacity, the ring is *low*: only connections holding fewer than `quota` buffers (a
 //! quarter of the bound) receive, limited to the quota; armed receives of heavier connections are
 //! cancelled, and they pause until the ring has twice the reserve free again or they hold less
 //! than the quota. Receives starved by `-ENOBUFS` are re-armed in arrival order, skipping the
@@ -98,7 +98,9 @@ impl Reactor {
             return Ok(());
         }
         let free = self.bufs.free();
-        if !self.pressure.low && free < reserve {
+        // A ring that can still grow does (above) rather than run low.
+        let full_size = self.bufs.target() >= self.bufs.capacity();
+        if !self.pressure.low && free < reserve && full_size {
             self.enter_low(free)
         } else if self.pressure.low && free >= (2 * reserve).min(self.bufs.total()) {
             self.leave_low(free)

@@ -221,6 +221,20 @@ fn echo_and_aux_workloads(
             ),
             1024 * KIB,
         )),
+        // The same transfer through 64 KiB buffers on every server (tokio reads into 64 KiB,
+        // zerg's ring buffers are 64 KiB): a receive spans several buffers, which is what
+        // receive bundles (the zerg-bundle row) are for.
+        slow(buf(
+            w(
+                "echo-1MiB-c4-64KiB",
+                "echo 1 MiB, 4 conns, 64 KiB buffers",
+                Suite,
+                "echo",
+                lg("--mode echo --conns 4 --size 1MiB"),
+                "msg",
+            ),
+            64 * KIB,
+        )),
         slow(per_conn(w(
             "churn-c16",
             "connect, 1 request, close (RST); 16 at a time",

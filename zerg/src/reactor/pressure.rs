@@ -4,11 +4,12 @@
 //! Every connection may hold up to `max_held` buffers (pieces, in incremental mode): unread
 //! input plus input staged for a zero-copy send. Its receive is armed with a byte limit of what
 //! it may still take, so the kernel stops it at the bound by itself. When fewer than `reserve`
-//! buffers are free and the ring has grown to its capacity, the ring is *low*: only connections holding fewer than `quota` buffers (a
-//! quarter of the bound) receive, limited to the quota; armed receives of heavier connections are
-//! cancelled, and they pause until the ring has twice the reserve free again or they hold less
-//! than the quota. Receives starved by `-ENOBUFS` are re-armed in arrival order, skipping the
-//! heavy ones while the ring is low. docs/tuning.md states the guarantee.
+//! buffers are free and the ring has grown to its capacity, the ring is *low*: only connections
+//! holding fewer than `quota` buffers (a quarter of the bound) receive, limited to the quota;
+//! armed receives of heavier connections are cancelled, and they pause until the ring has twice
+//! the reserve free again or they hold less than the quota. Receives starved by `-ENOBUFS` are
+//! re-armed in arrival order, skipping the heavy ones while the ring is low. docs/tuning.md
+//! states the guarantee.
 //!
 //! Before any of that the ring grows: only part of it circulates at first, and whenever fewer
 //! than a quarter of the circulating buffers (or fewer than the reserve) are free, the

@@ -159,6 +159,10 @@ pub(crate) fn server_kinds(p: &Paths) -> Vec<ServerKind> {
             "zerg-runtime",
             &["--mode", "runtime", "--accept", "dedicated"],
         ),
+        zerg(
+            "zerg-timeouts",
+            &["--mode", "reactor", "--accept", "per-reactor", "--timeouts"],
+        ),
         ServerKind {
             needs: Some(p.c_server.clone()),
             ..ServerKind::new("c-uring", Suite, &[&p.c_server.display().to_string()])

@@ -5,7 +5,9 @@
 //!
 //! `zerg-bench zerg --port P --workload http|echo [--buf-size N]
 //!                  [--mode reactor|runtime] [--accept dedicated|per-reactor] [--incremental]
-//!                  [--reactors N]` (N > 1: the scaling rows; one reactor per server CPU)
+//!                  [--reactors N] [--timeouts]` (N > 1: the scaling rows; one reactor per
+//!                  server CPU. `--timeouts`: every connection timeout armed — read, idle,
+//!                  request, write — to measure what checking them costs)
 
 use zerg_uring::{AcceptMode, Connection, Engine, EngineOptions, ReactorConfig};
 
@@ -23,6 +25,7 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     let incremental = args.flag("incremental")?;
     let ring_bytes = crate::args::size_opt(&mut args, "ring-bytes", RING_BYTES)?;
     let reactors: usize = args.get("reactors", 1)?;
+    let timeouts = args.flag("timeouts")?;
     if reactors == 0 {
         return Err("--reactors must be > 0".into());
     }
@@ -41,6 +44,16 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     }
     rc.incremental_buffer_consumption = incremental;
     rc.max_connections_per_reactor = 65536;
+    if timeouts {
+        // Long enough never to fire during a run: what is measured is the bookkeeping.
+        let t = Some(std::time::Duration::from_secs(300));
+        (
+            rc.read_timeout,
+            rc.idle_timeout,
+            rc.request_timeout,
+            rc.write_timeout,
+        ) = (t, t, t, t);
+    }
     let mut eo = EngineOptions::with_port(opts.port);
     eo.ip = std::net::Ipv4Addr::LOCALHOST.into();
     eo.backlog = proto::BACKLOG;

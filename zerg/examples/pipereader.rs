@@ -12,8 +12,9 @@
 //! ```
 //!
 //! An incomplete request holds its receive buffers, so it is bounded twice: at most 8 KiB
-//! (`common::http::MAX_HEAD`) and at most 64 receive buffers (a client dribbling its head one
-//! byte per packet would otherwise pin one buffer per byte). Past either it is answered 431, the
+//! (`common::http::MAX_HEAD`) and at most 64 receive buffers, or half the connection's
+//! `max_buffers_per_connection` if that is less (a client dribbling its head one byte per packet
+//! would otherwise pin one buffer per byte, until the connection's receive pauses for good). Past either it is answered 431, the
 //! rejection logged, and the connection closed; malformed requests get 400, bodies over 1 MiB
 //! 413, `Transfer-Encoding` 501. Bodies up to 1 MiB are consumed as they arrive.
 //!
@@ -28,12 +29,14 @@ use common::http::{self, Batch, END, MAX_HEAD, Reject};
 use common::{Args, Kind};
 use zerg_uring::{Connection, ConnectionReader, Sequence};
 
-/// Most receive buffers an incomplete request may hold.
+/// Most receive buffers an incomplete request may hold (fewer when a connection may hold fewer:
+/// the reader must never reach `max_buffers_per_connection`, where receiving pauses).
 const MAX_SEGMENTS: usize = 64;
 
 /// Parsing state kept between reads.
-#[derive(Default)]
 struct Requests {
+    /// Most receive buffers an incomplete request may hold.
+    max_segments: usize,
     /// Bytes of the incomplete head at the front of the view already scanned for its end.
     scanned: usize,
     /// Body bytes of the last request still to consume.
@@ -65,7 +68,7 @@ impl Requests {
                     self.parse_in_place(&rest.slice(0, len))
                 }
                 None if limit == MAX_HEAD => Err(http::over_limit(&rest.slice(0, limit).to_vec())),
-                None if rest.segments().count() > MAX_SEGMENTS => Err(Reject::HeaderTooLarge),
+                None if rest.segments().count() >= self.max_segments => Err(Reject::HeaderTooLarge),
                 None => {
                     // Incomplete: check its start once, then wait for more.
                     if self.scanned == 0
@@ -109,9 +112,14 @@ impl Requests {
     }
 }
 
-async fn handle(conn: Connection) {
+async fn handle(conn: Connection, max_segments: usize) {
     let mut reader = ConnectionReader::new(conn);
-    let mut requests = Requests::default();
+    let mut requests = Requests {
+        max_segments,
+        scanned: 0,
+        skip: 0,
+        scratch: Vec::new(),
+    };
     loop {
         let result = reader.read().await;
         if result.is_completed() {
@@ -137,5 +145,8 @@ async fn handle(conn: Connection) {
 
 fn main() {
     let args = Args::parse(Kind::Http);
-    common::run(&args, args.options(), handle);
+    let options = args.options();
+    let per_connection = options.reactor_configs[0].effective_max_buffers_per_connection();
+    let max_segments = (per_connection as usize / 2).clamp(1, MAX_SEGMENTS);
+    common::run(&args, options, move |conn| handle(conn, max_segments));
 }

@@ -41,6 +41,8 @@ pub const IDLE_TIMEOUT: u64 = 75;
 /// Flags every example takes.
 #[derive(Debug, Clone)]
 pub struct Args {
+    /// `None`: the library's default (every IPv6 and IPv4 address).
+    pub ip: Option<std::net::IpAddr>,
     pub port: u16,
     pub reactors: usize,
     pub recv_buffer_size: u32,
@@ -65,7 +67,8 @@ pub struct Args {
 
 /// The flags, for `--help` and errors. HTTP examples add `--header-timeout`.
 pub const USAGE: &str = "flags:
-  --port N                  TCP port (default 8080)
+  --ip ADDR                 address to listen on (default: all, IPv6 and IPv4)
+  --port N                  TCP port (default 8080; 0: any free port, printed at startup)
   --reactors N              reactor threads (default 1)
   --recv-buffer-size N      bytes per receive buffer (default 16384)
   --buffer-ring-entries N   receive buffers per reactor, a power of two (default 4096)
@@ -130,6 +133,7 @@ impl Args {
     {
         let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         let mut a = Args {
+            ip: None,
             port: 8080,
             reactors: 1,
             recv_buffer_size: 16 * 1024,
@@ -159,6 +163,7 @@ impl Args {
             }
             match name.as_str() {
                 "help" => return Ok(None),
+                "ip" => a.ip = Some(p.value()?.parse()?),
                 "port" => a.port = p.value()?.parse()?,
                 "reactors" => a.reactors = p.value()?.parse()?,
                 "recv-buffer-size" => a.recv_buffer_size = p.value()?.parse()?,
@@ -213,6 +218,9 @@ impl Args {
         }
         apply_timeouts(self, &mut reactor);
         let mut opts = EngineOptions::with_port(self.port);
+        if let Some(ip) = self.ip {
+            opts.ip = ip;
+        }
         opts.reactor_count = self.reactors;
         opts.accept_mode = self.accept;
         opts.reactor_configs = vec![reactor];
@@ -269,6 +277,7 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     if let Some(e) = bad {
         tracing::warn!("RUST_LOG ignored ({e}); logging at info");

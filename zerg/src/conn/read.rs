@@ -2,11 +2,14 @@
 //! low-level ring items. Receive buffers are read in place, never copied.
 #![allow(unsafe_code)]
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use memchr::memmem::Finder;
 
 use crate::buf_ring::RecvItem;
 use crate::error::CloseReason;
@@ -437,7 +440,25 @@ fn position_in(segments: Segments<'_>, needle: &[u8]) -> Option<usize> {
     if m == 0 {
         return Some(0);
     }
-    let finder = memchr::memmem::Finder::new(needle);
+    FINDER.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.as_ref().is_none_or(|f| f.needle() != needle) {
+            *cached = Some(Finder::new(needle).into_owned());
+        }
+        let finder = cached.as_ref().expect("just set");
+        search(segments, finder)
+    })
+}
+
+thread_local! {
+    /// The searcher for the needle last looked for on this thread: building one costs several
+    /// times more than searching a short message, and parsers look for the same needle (a
+    /// delimiter) again and again.
+    static FINDER: RefCell<Option<Finder<'static>>> = const { RefCell::new(None) };
+}
+
+fn search(segments: Segments<'_>, finder: &Finder<'_>) -> Option<usize> {
+    let m = finder.needle().len();
     // The bytes around one boundary: at most m - 1 before it, then at most m - 1 after it. Any
     // match found there starts before the boundary and ends after it.
     let mut small = [0u8; 64];

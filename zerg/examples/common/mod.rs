@@ -38,6 +38,9 @@ pub const HEADER_TIMEOUT: u64 = 60;
 /// Default idle timeout between requests (nginx's `keepalive_timeout`).
 pub const IDLE_TIMEOUT: u64 = 75;
 
+/// Most bytes a connection may stage for sending (the library's default is 64 MiB).
+pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
+
 /// Flags every example takes.
 #[derive(Debug, Clone)]
 pub struct Args {
@@ -207,6 +210,9 @@ impl Args {
         reactor.recv_buffer_size = self.recv_buffer_size;
         reactor.buffer_ring_entries = self.buffer_ring_entries;
         reactor.incremental_buffer_consumption = self.incremental;
+        // Responses staged per connection: a client pipelining requests without reading the
+        // answers holds at most this much (then the handler waits for the peer to read).
+        reactor.max_write_buffer = MAX_WRITE_BUFFER;
         if self.sqpoll {
             reactor.sqpoll = true;
             reactor.defer_taskrun = false;

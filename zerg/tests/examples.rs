@@ -267,8 +267,8 @@ fn example_path(name: &str) -> PathBuf {
     let Ok(built) = built else {
         panic!(
             "example binary {} not found: `cargo test` builds the examples; with a target \
-             filter (`--test examples`) add `--examples` (and `--features tokio` for stream, \
-             hyper, codec)",
+             filter (`--test examples`) build them first with `cargo build --examples` \
+             (`--features tokio` for stream, hyper, codec)",
             path.display()
         );
     };
@@ -286,7 +286,7 @@ fn example_path(name: &str) -> PathBuf {
         assert!(
             changed <= built,
             "example binary {} is older than {}: rebuild it (`cargo test` does; with \
-             `--test examples` add `--examples`)",
+             `--test examples` run `cargo build --examples` first)",
             path.display(),
             source.display()
         );

@@ -415,7 +415,8 @@ pub async fn answer(conn: &mut Connection, batch: &Batch) -> bool {
         _ => batch.requests,
     };
     for _ in 0..keep {
-        if !stage(conn, RESPONSE).await {
+        // The common case stays synchronous: one copy into the staging buffer.
+        if conn.write(RESPONSE).is_err() && !stage(conn, RESPONSE).await {
             return false;
         }
     }

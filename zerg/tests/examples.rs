@@ -377,13 +377,8 @@ impl Example {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
-    /// Everything logged so far.
-    fn log(&self) -> Vec<String> {
-        self.stderr.try_iter().collect()
-    }
-
-    /// SIGINT, then the process must exit 0 within 10 s.
-    fn stop(mut self) {
+    /// SIGINT, then the process must exit 0 within 10 s. Returns everything it logged.
+    fn stop(mut self) -> Vec<String> {
         let sent = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status()
@@ -393,7 +388,7 @@ impl Example {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 assert!(status.success(), "{} exited with {status}", self.name);
-                return;
+                break;
             }
             assert!(
                 Instant::now() < deadline,
@@ -401,6 +396,15 @@ impl Example {
                 self.name
             );
             std::thread::sleep(Duration::from_millis(10));
+        }
+        // The process is gone: its stderr ends once the reader thread has forwarded all of it.
+        let mut log = Vec::new();
+        loop {
+            match self.stderr.recv_timeout(Duration::from_secs(5)) {
+                Ok(line) => log.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return log,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("{}: stderr still open", self.name),
+            }
         }
     }
 }
@@ -436,6 +440,7 @@ fn read_hellos(s: &mut TcpStream, want: usize) -> Vec<u8> {
         match s.read(&mut buf) {
             Ok(0) => panic!("closed early after {out:?}"),
             Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => panic!("{e} after {out:?}"),
         }
     }
@@ -451,6 +456,7 @@ fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
             Ok(0) => return out,
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => panic!("waiting for the close: {e} after {out:?}"),
         }
     }
@@ -518,6 +524,7 @@ fn check_flood(ex: &Example) {
         while sent < FLOOD {
             match w.write(&chunk) {
                 Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
             chunk[..19].fill(b'a');
@@ -565,12 +572,11 @@ fn check_http_example(name: &'static str, extra: &[&str]) {
         check_refused(&ex, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", 400);
     }
     check_flood(&ex);
-    let log = ex.log();
+    let log = ex.stop();
     assert!(
         log.iter().any(|l| l.contains("status=431")),
         "{name}: no rejection logged in {log:#?}"
     );
-    ex.stop();
 }
 
 #[test]
@@ -631,6 +637,7 @@ fn pipereader_bounds_buffers_held_by_a_dribbled_head() {
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => panic!("{e}"),
         }
     }
@@ -694,29 +701,14 @@ fn echo_round_trip_and_flags() {
 /// Timeouts that nothing enforces yet are reported at startup; turned off, they are not.
 #[test]
 fn unenforced_timeouts_are_reported() {
-    let wait_log = |ex: &Example| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut lines = Vec::new();
-        while Instant::now() < deadline {
-            lines.extend(ex.log());
-            if lines.iter().any(|l| l.contains("listening")) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // The warning, if any, comes right after the listening line; ask once more for it.
-        check_get(ex);
-        lines.extend(ex.log());
-        lines
-    };
     let ex = Example::start("raw", &["--idle-timeout", "9"]);
-    let log = wait_log(&ex);
+    check_get(&ex);
+    let log = ex.stop();
     assert!(
         log.iter()
             .any(|l| l.contains("not enforced") && l.contains("--idle-timeout 9")),
         "{log:#?}"
     );
-    ex.stop();
     let ex = Example::start(
         "raw",
         &[
@@ -728,9 +720,10 @@ fn unenforced_timeouts_are_reported() {
             "0",
         ],
     );
-    let log = wait_log(&ex);
+    check_get(&ex);
+    let log = ex.stop();
+    assert!(log.iter().any(|l| l.contains("listening")), "{log:#?}");
     assert!(!log.iter().any(|l| l.contains("not enforced")), "{log:#?}");
-    ex.stop();
 }
 
 #[test]

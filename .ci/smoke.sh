@@ -16,13 +16,50 @@ check_http() { # name args...
   local out; out=$(wrk -t1 -c256 -d2s --timeout 2s "http://127.0.0.1:$port/" 2>&1)
   local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   local errs; errs=$(grep -E "Non-2xx|Socket errors" <<<"$out" || true)
+  local limits; limits=$(check_limits "$port")
   kill -INT "$pid"
   local rc=0; wait "$pid" || rc=$?
-  printf '%-10s %-40s body=%-14q req/s=%-10s exit=%s %s\n' "$name" "$*" "$body" "$rps" "$rc" "$errs"
-  if [[ "$body" != "Hello, World!" || "$rc" != 0 || -n "$errs" || -z "$rps" ]]; then
+  printf '%-10s %-40s body=%-14q req/s=%-10s limits=%-6s exit=%s %s\n' "$name" "$*" "$body" "$rps" "$limits" "$rc" "$errs"
+  if [[ "$body" != "Hello, World!" || "$rc" != 0 || -n "$errs" || -z "$rps" || "$limits" != ok ]]; then
     fail=1; cat /tmp/zerg-smoke-$name.log
   fi
   port=$((port + 1))
+}
+
+check_limits() { # port: a malformed request gets 400, a 16 KiB head 431, each then a close;
+  # a 64 MiB header flood is cut off; a GET afterwards is still served.
+  python3 - "$1" <<'PY'
+import socket, sys
+port = int(sys.argv[1])
+def ask(data, flood=False):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        if flood:
+            chunk = b"GET / HTTP/1.1\r\nX: " + b"a" * 65536
+            for _ in range(1024):
+                s.sendall(chunk); chunk = b"a" * 65536
+        else:
+            s.sendall(data)
+    except OSError:
+        pass  # the server closed while we were still sending
+    out = b""
+    try:
+        while True:
+            c = s.recv(65536)
+            if not c: return out
+            out += c
+    except ConnectionResetError:
+        return out
+def status(out): return out[9:12]
+bad = status(ask(b"GET / HTTP/1.1\r\nBad\x01Header: x\r\n\r\n"))
+big = status(ask(b"GET / HTTP/1.1\r\nX: " + b"a" * 16384 + b"\r\n\r\n"))
+flood = status(ask(None, flood=True))
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+ok = s.recv(4096)
+print("ok" if (bad, big, flood) == (b"400", b"431", b"431") and ok.endswith(b"Hello, World!")
+      else "FAIL %r %r %r %r" % (bad, big, flood, ok[:12]))
+PY
 }
 
 check_echo() { # name args...

@@ -122,8 +122,7 @@ fn fail(msg: &str) -> ! {
 }
 
 fn main() {
-    hyper_rt::init_logging();
-    let args = Args::parse();
+    let args = Args::parse(common::Kind::Http);
     let app = axum_app::app();
     match args.mode {
         Mode::Runtime => run_axum_serve(&args, app),

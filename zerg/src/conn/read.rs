@@ -2,11 +2,14 @@
 //! low-level ring items. Receive buffers are read in place, never copied.
 #![allow(unsafe_code)]
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use memchr::memmem::Finder;
 
 use crate::buf_ring::RecvItem;
 use crate::error::CloseReason;
@@ -439,42 +442,12 @@ impl<'a> Sequence<'a> {
         s
     }
 
-    /// Offset of the first occurrence of `needle`, which may straddle segments.
+    /// Offset of the first occurrence of `needle`, which may straddle any number of segments.
+    ///
+    /// Each segment is searched in place with `memchr::memmem`; around each boundary only the
+    /// `needle.len() - 1` bytes on either side are gathered, to find a match that crosses it.
     pub fn position_of(&self, needle: &[u8]) -> Option<usize> {
-        let m = needle.len();
-        if m == 0 {
-            return Some(0);
-        }
-        let mut base = 0;
-        for segment in self.segments() {
-            // A match contained in this segment starts at most at len - m; one that straddles
-            // into the next segments starts later. Check in that order.
-            if let Some(i) = find(segment, needle) {
-                return Some(base + i);
-            }
-            for start in segment.len().saturating_sub(m - 1)..segment.len() {
-                if self.matches_at(base + start, needle) {
-                    return Some(base + start);
-                }
-            }
-            base += segment.len();
-        }
-        None
-    }
-
-    fn matches_at(&self, pos: usize, needle: &[u8]) -> bool {
-        if pos + needle.len() > self.remaining {
-            return false;
-        }
-        let mut rest = needle;
-        for segment in self.slice(pos, needle.len()).segments() {
-            let (head, tail) = rest.split_at(segment.len());
-            if head != segment {
-                return false;
-            }
-            rest = tail;
-        }
-        rest.is_empty()
+        position_in(self.segments(), needle)
     }
 
     /// Copies the view into a new vector.
@@ -487,26 +460,65 @@ impl<'a> Sequence<'a> {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.len() > hay.len() {
-        return None;
+/// Offset of the first occurrence of `needle` in the concatenation of `segments`.
+fn position_in(segments: Segments<'_>, needle: &[u8]) -> Option<usize> {
+    let m = needle.len();
+    if m == 0 {
+        return Some(0);
     }
-    let first = needle[0];
-    let mut i = 0;
-    while i + needle.len() <= hay.len() {
-        match hay[i..=hay.len() - needle.len()]
-            .iter()
-            .position(|&b| b == first)
-        {
-            None => return None,
-            Some(p) => {
-                let at = i + p;
-                if &hay[at..at + needle.len()] == needle {
-                    return Some(at);
-                }
-                i = at + 1;
+    FINDER.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.as_ref().is_none_or(|f| f.needle() != needle) {
+            *cached = Some(Finder::new(needle).into_owned());
+        }
+        let finder = cached.as_ref().expect("just set");
+        search(segments, finder)
+    })
+}
+
+thread_local! {
+    /// The searcher for the needle last looked for on this thread: building one costs several
+    /// times more than searching a short message, and parsers look for the same needle (a
+    /// delimiter) again and again.
+    static FINDER: RefCell<Option<Finder<'static>>> = const { RefCell::new(None) };
+}
+
+fn search(segments: Segments<'_>, finder: &Finder<'_>) -> Option<usize> {
+    let m = finder.needle().len();
+    // The bytes around one boundary: at most m - 1 before it, then at most m - 1 after it. Any
+    // match found there starts before the boundary and ends after it.
+    let mut small = [0u8; 64];
+    let mut large = Vec::new();
+    let window: &mut [u8] = if 2 * (m - 1) <= small.len() {
+        &mut small
+    } else {
+        large.resize(2 * (m - 1), 0);
+        &mut large
+    };
+    let mut base = 0;
+    let mut rest = segments;
+    while let Some(segment) = rest.next() {
+        // A match inside this segment comes before one that starts here and straddles out.
+        if let Some(i) = finder.find(segment) {
+            return Some(base + i);
+        }
+        let tail = &segment[segment.len().saturating_sub(m - 1)..];
+        window[..tail.len()].copy_from_slice(tail);
+        let mut len = tail.len();
+        for next in rest.clone() {
+            let take = next.len().min(tail.len() + m - 1 - len);
+            window[len..len + take].copy_from_slice(&next[..take]);
+            len += take;
+            if len == tail.len() + m - 1 {
+                break;
             }
         }
+        if len > tail.len()
+            && let Some(i) = finder.find(&window[..len])
+        {
+            return Some(base + segment.len() - tail.len() + i);
+        }
+        base += segment.len();
     }
     None
 }

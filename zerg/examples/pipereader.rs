@@ -130,10 +130,10 @@ async fn handle(conn: Connection, max_segments: usize) {
         let mut batch = Batch::default();
         let consumed = requests.parse(&view, &mut batch);
         // Complete requests are consumed; the rest was examined: wait for more bytes.
-        reader.advance_to(consumed, len);
+        reader.advance(consumed, len);
         if !batch.open() {
             // Closing: every held buffer goes back now, then the final answers.
-            let mut conn = reader.complete();
+            let mut conn = reader.into_inner();
             common::answer(&mut conn, &batch).await;
             return;
         }

@@ -57,8 +57,8 @@ pub enum Error {
         limit: usize,
     },
 
-    /// [`Connection::advance`](crate::Connection::advance) was asked to commit more bytes than
-    /// the span handed out by [`Connection::get_span`](crate::Connection::get_span).
+    /// [`Connection::advance`](crate::Connection::commit) was asked to commit more bytes than
+    /// the span handed out by [`Connection::span_mut`](crate::Connection::span_mut).
     #[error("advance({requested}) exceeds the {available} bytes of the span")]
     AdvanceOutOfRange {
         /// Bytes the call tried to commit.

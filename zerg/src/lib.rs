@@ -55,8 +55,8 @@
 //! - [`Engine`]: start ([`Engine::listen`], [`Engine::serve`]), [`Engine::accept`], stop,
 //!   [`Engine::stats`].
 //! - [`Connection`]: [`read`](Connection::read) → [`ReadSnapshot`] (byte slices, a
-//!   [`Sequence`], or [`RingItem`]s one by one); [`write`](Connection::write) /
-//!   [`get_span`](Connection::get_span) + [`advance`](Connection::advance) /
+//!   [`Sequence`], or [`RecvBuffer`]s one by one); [`write`](Connection::write) /
+//!   [`span_mut`](Connection::span_mut) + [`commit`](Connection::commit) /
 //!   [`std::io::Write`] / [`bytes::BufMut`], then [`flush`](Connection::flush).
 //! - Adapters: [`ConnectionReader`] (zero-copy reads with partial consumption) and
 //!   `ConnectionStream` (`tokio::io` / `futures_io` `AsyncRead` + `AsyncWrite`, for hyper and
@@ -81,6 +81,7 @@ mod config;
 mod conn;
 mod engine;
 mod error;
+pub mod future;
 #[cfg(feature = "hyper")]
 pub mod hyper;
 mod io;
@@ -100,15 +101,14 @@ mod tokio_context;
 pub use config::TokioContext;
 pub use config::{AcceptMode, AcceptorConfig, EngineOptions, IpVersion, ReactorConfig};
 pub use conn::{
-    Connection, Flush, FlushState, Read, ReadSnapshot, RingItem, Segments, Sequence, Shutdown,
-    ShutdownState, WriteAll,
+    Connection, FlushState, ReadSnapshot, RecvBuffer, Segments, Sequence, ShutdownState,
 };
 pub use engine::Engine;
 pub use error::{CloseReason, ConfigError, Error, Result};
 #[cfg(any(feature = "tokio", feature = "futures-io", feature = "hyper"))]
 pub use io::ConnectionStream;
-pub use io::{ConnectionReader, ReaderRead, ReaderResult};
-pub use net::{Connect, adopt, connect, connect_timeout};
+pub use io::{ConnectionReader, ReaderResult};
+pub use net::{adopt, connect, connect_timeout};
 pub use ring::token::ConnectionId;
 
 /// axum on zerg (feature `axum`): [`Listener`](axum::Listener) makes an [`Engine`] an

@@ -245,7 +245,7 @@ async fn late_release(mut conn: Connection, done: mpsc::Sender<usize>) {
     let n = snap.buffer_count();
     drop(conn);
     sleep(Duration::from_millis(50)).await;
-    if let Some(item) = snap.try_get_ring() {
+    if let Some(item) = snap.next_buffer() {
         // One piece alone, from a connection that no longer exists.
         drop(item);
         sleep(Duration::from_millis(20)).await;

@@ -28,7 +28,7 @@ async fn searcher(conn: Connection) {
         if result.is_completed() {
             break;
         }
-        reader.advance_to(0, len);
+        reader.advance(0, len);
     }
     let mut result = reader.read().await;
     let mut view = result.buffer();

@@ -10,7 +10,7 @@ mod read;
 mod shared;
 mod write;
 
-pub use read::{Read, ReadSnapshot, RingItem, Segments, Sequence};
+pub use read::{Read, ReadSnapshot, RecvBuffer, Segments, Sequence};
 pub use write::{Flush, FlushState, Shutdown, ShutdownState, WriteAll};
 
 pub(crate) use shared::{ConnShared, ConnState, request};
@@ -30,8 +30,8 @@ use crate::ring::token::ConnectionId;
 /// then closes the descriptor), discarding bytes written but not flushed.
 ///
 /// Reading: [`read`](Self::read) returns a [`ReadSnapshot`] of everything received so far (C# zerg:
-/// `ReadAsync`). Writing: [`write`](Self::write) (or [`get_span`](Self::get_span) +
-/// [`advance`](Self::advance), [`std::io::Write`], [`bytes::BufMut`]) stages bytes,
+/// `ReadAsync`). Writing: [`write`](Self::write) (or [`span_mut`](Self::span_mut) +
+/// [`commit`](Self::commit), [`std::io::Write`], [`bytes::BufMut`]) stages bytes,
 /// [`flush`](Self::flush) sends them.
 pub struct Connection {
     pub(crate) shared: Arc<ConnShared>,

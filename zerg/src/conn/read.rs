@@ -123,10 +123,10 @@ impl Connection {
 /// The snapshot holds its receive buffers: they stay out of the kernel's hands, and readable,
 /// until the snapshot is dropped or [`release`](Self::release)d, which returns them all in one
 /// call. Borrowed views ([`buffers`](Self::buffers), [`sequence`](Self::sequence),
-/// [`RingItem::as_slice`]) cannot outlive that.
+/// [`RecvBuffer::as_slice`]) cannot outlive that.
 pub struct ReadSnapshot {
     items: Vec<RecvItem>,
-    // Items before `next` were handed out as `RingItem`s, which return themselves.
+    // Items before `next` were handed out as `RecvBuffer`s, which return themselves.
     next: usize,
     shared: Option<Arc<ConnShared>>,
     closed: Option<CloseReason>,
@@ -195,12 +195,13 @@ impl ReadSnapshot {
     }
 
     /// Takes the next receive buffer for low-level processing (C# zerg: `TryGetRing`). The
-    /// item returns its buffer to the kernel when dropped or [`returned`](RingItem::return_ring);
+    /// item returns its buffer to the kernel when dropped or [`returned`](RecvBuffer::release);
     /// take the next one after that.
-    pub fn try_get_ring(&mut self) -> Option<RingItem<'_>> {
+    #[doc(alias = "TryGetRing")]
+    pub fn next_buffer(&mut self) -> Option<RecvBuffer<'_>> {
         let item = *self.items.get(self.next)?;
         self.next += 1;
-        Some(RingItem {
+        Some(RecvBuffer {
             item,
             snapshot: self,
         })
@@ -208,6 +209,7 @@ impl ReadSnapshot {
 
     /// Hands every buffer back to the kernel now (C# zerg: `ReturnRingBuffers`); same as
     /// dropping the snapshot.
+    #[doc(alias = "ReturnRingBuffers")]
     pub fn release(self) {}
 
     /// Whether this snapshot was read from the connection `shared`.
@@ -306,17 +308,17 @@ impl fmt::Debug for ReadSnapshot {
     }
 }
 
-/// One receive buffer taken from a snapshot (C# zerg: `RingItem`).
+/// One receive buffer taken from a snapshot (C# zerg: `RecvBuffer`).
 ///
 /// The bytes are readable through [`as_slice`](Self::as_slice) while the item lives; dropping it
-/// or calling [`return_ring`](Self::return_ring) hands the buffer back to the kernel, after which
+/// or calling [`release`](Self::release) hands the buffer back to the kernel, after which
 /// no slice of it can be alive.
-pub struct RingItem<'a> {
+pub struct RecvBuffer<'a> {
     item: RecvItem,
     snapshot: &'a ReadSnapshot,
 }
 
-impl RingItem<'_> {
+impl RecvBuffer<'_> {
     /// The received bytes.
     pub fn as_slice(&self) -> &[u8] {
         self.snapshot.slice(&self.item)
@@ -344,10 +346,11 @@ impl RingItem<'_> {
     }
 
     /// Hands the buffer back to the kernel (C# zerg: `ReturnRing`); same as dropping the item.
-    pub fn return_ring(self) {}
+    #[doc(alias = "ReturnRing")]
+    pub fn release(self) {}
 }
 
-impl Drop for RingItem<'_> {
+impl Drop for RecvBuffer<'_> {
     fn drop(&mut self) {
         if let Some(shared) = &self.snapshot.shared {
             shared.give_back_one(self.item);
@@ -355,9 +358,9 @@ impl Drop for RingItem<'_> {
     }
 }
 
-impl fmt::Debug for RingItem<'_> {
+impl fmt::Debug for RecvBuffer<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RingItem")
+        f.debug_struct("RecvBuffer")
             .field("buffer_id", &self.item.bid)
             .field("len", &self.item.len)
             .finish()

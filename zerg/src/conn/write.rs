@@ -15,7 +15,7 @@ use crate::ring::outgoing::Outgoing;
 
 /// The staging buffer of a connection.
 ///
-/// `out.bytes[..len]` is staged. After [`Connection::get_span`], `out.bytes` may be longer than
+/// `out.bytes[..len]` is staged. After [`Connection::span_mut`], `out.bytes` may be longer than
 /// `len`: the tail is the span handed out (initialised memory, so the span is a plain
 /// `&mut [u8]`). Received pieces staged by [`Connection::write_snapshot`] are listed in `out`.
 pub(crate) struct WriteBuf {
@@ -127,9 +127,10 @@ impl Connection {
     }
 
     /// A span of at least `size_hint` bytes (at least 1) to write into directly; commit what was
-    /// written with [`advance`](Self::advance) (C# zerg: `IBufferWriter.GetSpan`). The span's
+    /// written with [`commit`](Self::commit) (C# zerg: `IBufferWriter.GetSpan`). The span's
     /// initial contents are unspecified (zeroes or earlier bytes).
-    pub fn get_span(&mut self, size_hint: usize) -> &mut [u8] {
+    #[doc(alias = "GetSpan")]
+    pub fn span_mut(&mut self, size_hint: usize) -> &mut [u8] {
         let want = self.wbuf.len + size_hint.max(1);
         if self.wbuf.out.bytes.len() < want {
             self.wbuf.out.bytes.resize(want, 0);
@@ -137,13 +138,14 @@ impl Connection {
         &mut self.wbuf.out.bytes[self.wbuf.len..]
     }
 
-    /// Commits `count` bytes written into the span from [`get_span`](Self::get_span).
+    /// Commits `count` bytes written into the span from [`span_mut`](Self::span_mut).
     ///
     /// # Errors
     ///
     /// [`Error::AdvanceOutOfRange`] if `count` exceeds the span; [`Error::WriteBufferFull`] if it
     /// would exceed `max_write_buffer`. Nothing is committed then.
-    pub fn advance(&mut self, count: usize) -> Result<()> {
+    #[doc(alias = "Advance")]
+    pub fn commit(&mut self, count: usize) -> Result<()> {
         let available = self.wbuf.out.bytes.len() - self.wbuf.len;
         if count > available {
             return Err(Error::AdvanceOutOfRange {

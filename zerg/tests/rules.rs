@@ -832,8 +832,10 @@ fn no_polling(mode: Mode) {
          engine {r2:?} (acceptor {a2}); control with cq_timeout 10 ms {rctl:?}; CPU ticks of all \
          zerg threads (3 engines, incl. the polling control) {ticks}"
     );
+    // About 100 in a second; a loaded machine (other tests running) delays some wake-ups, so
+    // only ask for clearly more than an idle engine could show.
     assert!(
-        rctl[0] >= 30,
+        rctl[0] >= 10,
         "the control engine should wake every 10 ms: {rctl:?}"
     );
     for w in r1.iter().chain(&r2).chain([&a1, &a2]) {

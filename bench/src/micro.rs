@@ -174,7 +174,7 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
         };
         let mut samples = Vec::new();
         for _ in 0..reps {
-            samples.push(measure(options(tokio), n, move |n| case(n))?);
+            samples.push(measure(options(tokio), n, case)?);
         }
         println!(
             "| {name} | {:.0} | {:.0} | {:.0} |",

@@ -6,6 +6,7 @@
 mod util;
 
 use std::io::{Read, Write};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use util::{TestServer, options, wait_until};
@@ -33,6 +34,13 @@ async fn uses_tokio(mut conn: Connection, upstream: std::net::SocketAddr) {
     if conn.write(line.as_bytes()).is_ok() {
         let _ = conn.flush().await;
     }
+}
+
+/// The tests that count `zerg-tokio` threads run one at a time: the harness runs tests as
+/// threads of one process, and one test's owned runtime is another's unexpected thread.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn greeter() -> std::net::SocketAddr {
@@ -64,6 +72,7 @@ fn serve(ctx: Option<TokioContext>) -> TestServer {
 
 #[test]
 fn tokio_works_in_reactor_handlers_with_an_owned_runtime() {
+    let _serial = serial();
     let server = serve(Some(TokioContext::Owned));
     assert_eq!(ask(&server), "true true 42 hello\n");
     assert_eq!(util::threads_named("zerg-tokio"), 1);
@@ -75,6 +84,7 @@ fn tokio_works_in_reactor_handlers_with_an_owned_runtime() {
 
 #[test]
 fn tokio_works_in_reactor_handlers_with_the_applications_runtime() {
+    let _serial = serial();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -241,6 +241,22 @@ fn sockets_zerg_cannot_accept_on_are_refused_with_the_reason() {
 }
 
 #[test]
+fn one_socket_given_twice_is_refused() {
+    let listener = loopback_listener();
+    let twin = listener.try_clone().unwrap();
+    let mut opts = EngineOptions::listeners([loopback_listener(), listener, twin]);
+    opts.reactor_configs = options(1, false).reactor_configs;
+    match Engine::listen(opts) {
+        Err(Error::Config(c)) => {
+            assert_eq!(c.field(), "listeners[2]");
+            assert!(c.reason().contains("same socket as listeners[1]"), "{c}");
+        }
+        Err(other) => panic!("expected a config error, got {other:?}"),
+        Ok(engine) => panic!("started with one socket twice: {engine:?}"),
+    }
+}
+
+#[test]
 fn a_listener_shut_down_by_another_holder_stops_alone_without_spinning() {
     let gone = loopback_listener();
     let ours = gone.try_clone().unwrap();

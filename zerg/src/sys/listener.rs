@@ -85,8 +85,21 @@ impl Listeners {
 
     fn inherit(options: &EngineOptions) -> Result<Listeners> {
         let mut out = Listeners::default();
+        let mut sockets = Vec::new();
         for (i, listener) in options.inherited().enumerate() {
             let addr = prepare_inherited(listener, i, options.tcp_keepalive)?;
+            // Two descriptors of one socket would be two accepts on it, which the kernel wakes
+            // one at a time: pointless in the acceptor, lopsided across reactors.
+            let inode = socket_inode(listener)
+                .map_err(|e| Error::io(format!("fstat for listeners[{i}] ({addr})"), e))?;
+            if let Some(j) = sockets.iter().position(|&s| s == inode) {
+                return Err(ConfigError::new(
+                    format!("listeners[{i}]"),
+                    format!("is the same socket as listeners[{j}] (a duplicate descriptor)"),
+                )
+                .into());
+            }
+            sockets.push(inode);
             if !out.addrs.contains(&addr) {
                 out.addrs.push(addr);
             }
@@ -123,6 +136,15 @@ impl Listeners {
             }
         }
     }
+}
+
+/// The inode of the socket behind `listener`: equal for every descriptor of one socket.
+fn socket_inode(listener: &TcpListener) -> std::io::Result<u64> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    // fstat(2) through a duplicate, as a `File` (metadata only; closed right after).
+    let dup = listener.as_fd().try_clone_to_owned()?;
+    Ok(std::fs::File::from(dup).metadata()?.ino())
 }
 
 /// Checks that `listener` (the options' `listeners[index]`) is a listening TCP socket, and sets

@@ -168,6 +168,37 @@ fn the_acceptor_accepts_on_several_listeners() {
     server.stop();
 }
 
+/// Answers every read with the port the connection was accepted on (its local address).
+async fn local_port(mut conn: Connection) {
+    let port = conn.local_addr().expect("local address").port();
+    loop {
+        let snap = conn.read().await;
+        if snap.is_closed() {
+            return;
+        }
+        drop(snap);
+        if conn.write(&port.to_le_bytes()).is_err() || conn.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn connections_know_the_listener_they_came_in_on() {
+    let listeners: Vec<TcpListener> = (0..2).map(|_| loopback_listener()).collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let mut opts = EngineOptions::listeners(listeners);
+    opts.reactor_configs = options(1, false).reactor_configs;
+    for mode in [Mode::Runtime, Mode::Reactor] {
+        let server = TestServer::start(mode, opts.clone(), local_port);
+        for &addr in addrs.iter().chain(addrs.iter().rev()) {
+            let mut s = client(addr);
+            assert_eq!(roundtrip(&mut s, b"?!"), addr.port().to_le_bytes());
+        }
+        server.stop();
+    }
+}
+
 #[test]
 fn per_reactor_mode_gives_each_reactor_its_own_listener() {
     let listeners: Vec<TcpListener> = (0..2).map(|_| loopback_listener()).collect();

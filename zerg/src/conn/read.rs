@@ -357,6 +357,21 @@ impl RecvBuffer<'_> {
     pub fn release(self) {}
 }
 
+/// The received bytes, as [`as_slice`](RecvBuffer::as_slice).
+impl std::ops::Deref for RecvBuffer<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl AsRef<[u8]> for RecvBuffer<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 impl Drop for RecvBuffer<'_> {
     fn drop(&mut self) {
         if let Some(shared) = &self.snapshot.shared {

@@ -549,6 +549,11 @@ impl std::io::Write for Connection {
     }
 }
 
+/// Stages bytes through `bytes::BufMut` (`put_slice`, `put_u32`, ...; encoders that write into a
+/// `BufMut`). [`remaining_mut`](bytes::BufMut::remaining_mut) is the room left under
+/// `max_write_buffer`; as `BufMut` requires, a `put` that does not fit panics, so check
+/// `remaining_mut` (or [`Connection::write_capacity`]) first, or use [`Connection::write`],
+/// which returns an error instead. Nothing is sent until [`Connection::flush`].
 // SAFETY: `chunk_mut` hands out the spare capacity of the staging vector after the staged bytes;
 // `advance_mut` commits exactly what the caller initialised there (the caller's contract), and
 // `remaining_mut` never exceeds `max_write_buffer - staged`.

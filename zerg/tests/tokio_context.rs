@@ -110,3 +110,31 @@ fn without_the_option_a_tokio_call_fails_loudly_and_only_its_connection_closes()
     server.assert_quiescent();
     server.stop();
 }
+
+#[test]
+fn join_async_stops_the_owned_runtime_without_blocking() {
+    let _serial = serial();
+    let upstream = greeter();
+    let mut opts: EngineOptions = options(1, false);
+    opts.tokio_context = Some(TokioContext::Owned);
+    let engine = Engine::serve(opts, move |conn| uses_tokio(conn, upstream)).expect("starts");
+    let server = TestServer::from_engine(engine);
+    assert_eq!(ask(&server), "true true 42 hello\n");
+    let mut server = server;
+    let engine = std::sync::Arc::into_inner(server.engine.take().unwrap()).expect("one handle");
+    assert_eq!(util::threads_named("zerg-tokio"), 1);
+    engine.stop();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), engine.join_async())
+            .await
+            .expect("join_async finishes")
+            .expect("no failure");
+    });
+    // join_async joined the owned runtime's thread too (other tests' reactors may run meanwhile,
+    // so only this thread is counted).
+    assert_eq!(util::threads_named("zerg-tokio"), 0);
+}

@@ -27,9 +27,11 @@ use std::time::Duration;
 use crate::error::{ConfigError, Result};
 
 mod limits;
+mod listen;
 
 /// Which addresses the listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum IpVersion {
     /// IPv4 only (`AF_INET`). The configured address must be an IPv4 address.
     Ipv4,
@@ -43,6 +45,7 @@ pub enum IpVersion {
 
 /// How accepted connections reach the reactors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum AcceptMode {
     /// One acceptor thread with its own ring runs a multishot accept and hands each connection to
     /// the next reactor in turn (round-robin), posting it straight into the reactor's completion
@@ -64,13 +67,16 @@ pub struct EngineOptions {
     /// More reactors scale across cores; each one reserves its own receive memory.
     /// Default: `1`.
     pub reactor_count: usize,
-    /// Address to bind. Default: `0.0.0.0` (all interfaces; `::` in dual-stack mode).
+    /// Address to bind. Default: `0.0.0.0` (all interfaces; `::` in dual-stack mode). Not used
+    /// when listening sockets were given ([`EngineOptions::listener`]).
     pub ip: IpAddr,
     /// TCP port. `0` asks the kernel for a free port; read it back with
-    /// [`Engine::local_addr`](crate::Engine::local_addr). Default: `8080`.
+    /// [`Engine::local_addr`](crate::Engine::local_addr). Default: `8080`. Not used when
+    /// listening sockets were given.
     pub port: u16,
     /// Listen backlog (the kernel caps it at `net.core.somaxconn`). A deep backlog absorbs
-    /// connection bursts; a shallow one refuses them sooner. Default: `65535`.
+    /// connection bursts; a shallow one refuses them sooner. Default: `65535`. Not used when
+    /// listening sockets were given (their maker chose it).
     pub backlog: u32,
     /// Where accepts run. Default: [`AcceptMode::Dedicated`].
     pub accept_mode: AcceptMode,
@@ -104,6 +110,9 @@ pub struct EngineOptions {
     /// closed. Accepting resumes once the count is back at 90 % of the cap. Both caps apply; `0`
     /// means the sum of the per-reactor caps. Default: `0`.
     pub max_connections: u32,
+    /// Listening sockets to accept on instead of binding `ip:port` (see
+    /// [`EngineOptions::listener`]).
+    pub(crate) listeners: Vec<listen::Inherited>,
 }
 
 impl Default for EngineOptions {
@@ -120,6 +129,7 @@ impl Default for EngineOptions {
             tokio_context: None,
             reactor_configs: Vec::new(),
             max_connections: 0,
+            listeners: Vec::new(),
         }
     }
 }
@@ -182,6 +192,8 @@ impl EngineOptions {
             .into());
         }
         match (self.acceptor.ip_version, self.ip) {
+            // Given listening sockets: `ip` is not bound.
+            _ if !self.listeners.is_empty() => {}
             (IpVersion::Ipv4, IpAddr::V6(_)) => {
                 return Err(ConfigError::new(
                     "ip",
@@ -198,6 +210,7 @@ impl EngineOptions {
             }
             _ => {}
         }
+        listen::validate(self)?;
         self.acceptor.validate()?;
         for i in 0..self.reactor_count {
             self.reactor_config(i).validate()?;

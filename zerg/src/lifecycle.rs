@@ -140,3 +140,19 @@ impl AcceptorShared {
         self.wake.raw()
     }
 }
+
+/// Held by each engine thread (the acceptor, every reactor) for its whole life. When the last
+/// one is dropped the paired receiver closes, which is what
+/// [`Engine::stopped`](crate::Engine::stopped) waits for: an event, no polling.
+#[derive(Debug, Clone)]
+pub(crate) struct ThreadGuard {
+    _sender: async_channel::Sender<()>,
+}
+
+impl ThreadGuard {
+    /// A guard to clone into each thread, and the receiver that closes once all are gone.
+    pub(crate) fn new() -> (ThreadGuard, async_channel::Receiver<()>) {
+        let (tx, rx) = async_channel::bounded(1);
+        (ThreadGuard { _sender: tx }, rx)
+    }
+}

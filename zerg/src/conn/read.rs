@@ -24,6 +24,13 @@ impl Connection {
     /// The snapshot owns its receive buffers and hands them back to the kernel when dropped (or
     /// [`released`](ReadSnapshot::release)), so the next `read` needs no reset call; `&mut self`
     /// keeps reads one at a time.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: bytes are taken from the connection only when the future resolves, so
+    /// dropping it before (in a `select!` with a timer, say) loses nothing — the next `read`
+    /// returns them. Time spent waiting in a dropped read does not count against
+    /// [`read_timeout`](crate::ReactorConfig::read_timeout).
     pub fn read(&mut self) -> Read<'_> {
         Read {
             conn: self,
@@ -32,7 +39,7 @@ impl Connection {
     }
 }
 
-/// Future of [`Connection::read`].
+/// Future of [`Connection::read`]. Cancel-safe (see there).
 #[must_use = "futures do nothing unless polled"]
 pub struct Read<'a> {
     conn: &'a mut Connection,
@@ -195,7 +202,7 @@ impl ReadSnapshot {
     }
 
     /// Takes the next receive buffer for low-level processing (C# zerg: `TryGetRing`). The
-    /// item returns its buffer to the kernel when dropped or [`returned`](RecvBuffer::release);
+    /// item returns its buffer to the kernel when dropped or [`released`](RecvBuffer::release);
     /// take the next one after that.
     #[doc(alias = "TryGetRing")]
     pub fn next_buffer(&mut self) -> Option<RecvBuffer<'_>> {
@@ -348,6 +355,21 @@ impl RecvBuffer<'_> {
     /// Hands the buffer back to the kernel (C# zerg: `ReturnRing`); same as dropping the item.
     #[doc(alias = "ReturnRing")]
     pub fn release(self) {}
+}
+
+/// The received bytes, as [`as_slice`](RecvBuffer::as_slice).
+impl std::ops::Deref for RecvBuffer<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl AsRef<[u8]> for RecvBuffer<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
 }
 
 impl Drop for RecvBuffer<'_> {

@@ -142,13 +142,13 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// [`Error::AdvanceOutOfRange`] if `count` exceeds the span; [`Error::WriteBufferFull`] if it
+    /// [`Error::CommitOutOfRange`] if `count` exceeds the span; [`Error::WriteBufferFull`] if it
     /// would exceed `max_write_buffer`. Nothing is committed then.
     #[doc(alias = "Advance")]
     pub fn commit(&mut self, count: usize) -> Result<()> {
         let available = self.wbuf.out.bytes.len() - self.wbuf.len;
         if count > available {
-            return Err(Error::AdvanceOutOfRange {
+            return Err(Error::CommitOutOfRange {
                 requested: count,
                 available,
             });
@@ -168,6 +168,16 @@ impl Connection {
     /// `FlushAsync`). Partial sends are resubmitted by the reactor. A flush with nothing staged
     /// still waits for earlier flushes that are in progress.
     ///
+    /// This is the only way to send: [`std::io::Write::flush`] on a connection cannot wait and
+    /// sends nothing (see the [`std::io::Write` impl](#impl-Write-for-Connection)).
+    ///
+    /// # Cancel safety
+    ///
+    /// Nothing is lost by dropping the future. Dropped before its first poll, it did nothing:
+    /// the bytes stay staged. Dropped later, the staged bytes were already handed to the
+    /// reactor, which sends them anyway; only the outcome is not reported — the next `flush`
+    /// waits for them too and reports a failure that happened meanwhile.
+    ///
     /// # Errors
     ///
     /// [`Error::Closed`] with the reason when the connection failed or closed first (peer reset,
@@ -183,6 +193,18 @@ impl Connection {
     /// Stages and sends all of `data`, flushing whenever the staging buffer is full: any size,
     /// with memory bounded by `max_write_buffer` (back-pressure instead of an error). Call
     /// [`flush`](Self::flush) afterwards for what remains staged.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe, like `tokio::io::AsyncWriteExt::write_all`: dropped before it resolves,
+    /// an unknown prefix of `data` has been staged (and possibly sent), the rest has not. What
+    /// was staged stays staged; what was handed to the reactor is still sent. Writing `data`
+    /// again would duplicate that prefix: after a cancelled `write_all`, close the connection
+    /// (or use [`write`](Self::write), which stages all or nothing, under a bound you chose).
+    ///
+    /// # Errors
+    ///
+    /// As for [`flush`](Self::flush).
     pub fn write_all<'a>(&'a mut self, data: &'a [u8]) -> WriteAll<'a> {
         WriteAll {
             conn: self,
@@ -192,6 +214,13 @@ impl Connection {
     }
 
     /// Flushes, then shuts the write side down (the peer reads end-of-file). Reading continues.
+    ///
+    /// # Cancel safety
+    ///
+    /// No staged byte is lost by dropping the future (as for [`flush`](Self::flush)), but
+    /// whether the write side gets shut down depends on how far it got: dropped while flushing,
+    /// no FIN is sent; dropped after the flush completed, the reactor sends the FIN anyway.
+    /// Await `shutdown` again to be sure (it is idempotent).
     ///
     /// # Errors
     ///
@@ -313,7 +342,7 @@ pub struct ShutdownState {
     requested: bool,
 }
 
-/// Future of [`Connection::flush`].
+/// Future of [`Connection::flush`]. Dropping it loses no byte (see there).
 #[must_use = "futures do nothing unless polled"]
 pub struct Flush<'a> {
     conn: &'a mut Connection,
@@ -337,7 +366,7 @@ impl fmt::Debug for Flush<'_> {
     }
 }
 
-/// Future of [`Connection::write_all`].
+/// Future of [`Connection::write_all`]. Not cancel-safe (see there).
 #[must_use = "futures do nothing unless polled"]
 pub struct WriteAll<'a> {
     conn: &'a mut Connection,
@@ -392,7 +421,7 @@ enum ShutdownPhase {
     ShuttingDown,
 }
 
-/// Future of [`Connection::shutdown`].
+/// Future of [`Connection::shutdown`]. See there for what dropping it does.
 #[must_use = "futures do nothing unless polled"]
 pub struct Shutdown<'a> {
     conn: &'a mut Connection,
@@ -458,9 +487,29 @@ impl fmt::Debug for Shutdown<'_> {
     }
 }
 
-/// Stages bytes; `flush` does nothing (it cannot wait): call [`Connection::flush`] to send.
+/// Stages bytes, for `write!` and code written against [`std::io::Write`].
+///
+/// **`std::io::Write::flush` does not send anything**: a synchronous call cannot wait for the
+/// reactor. Send with [`Connection::flush`]`().await` (the inherent method, which `conn.flush()`
+/// resolves to). So that code relying on `flush` to deliver does not lose bytes silently (a
+/// connection dropped after a "successful" flush discards what is staged), the trait's `flush`
+/// returns `Ok(())` only when there is nothing to send — nothing staged and no flush in progress
+/// — and otherwise fails with [`ErrorKind::WouldBlock`](std::io::ErrorKind::WouldBlock), whose
+/// message points to `Connection::flush().await`. Nothing is lost by that error: the bytes stay
+/// staged.
+///
 /// `write` stages as much as fits under `max_write_buffer` and fails with `WouldBlock` when
 /// nothing fits.
+///
+/// ```no_run
+/// # async fn f(mut conn: zerg_uring::Connection) -> zerg_uring::Result<()> {
+/// use std::io::Write as _;
+///
+/// write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}", 2, "OK")?;
+/// // std::io::Write::flush(&mut conn) would fail with WouldBlock here: bytes are staged.
+/// conn.flush().await?; // the inherent async flush sends them
+/// # Ok(()) }
+/// ```
 impl std::io::Write for Connection {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let n = data.len().min(self.wbuf.room());
@@ -477,10 +526,34 @@ impl std::io::Write for Connection {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        let staged = self.wbuf.len;
+        let in_flight = {
+            let st = self.shared.lock();
+            st.write_end.is_none() && st.flush_done < st.flush_requested
+        };
+        if staged == 0 && !in_flight {
+            return Ok(());
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!(
+                "std::io::Write::flush cannot send on a zerg Connection ({staged} bytes staged{}): \
+                 call Connection::flush().await",
+                if in_flight {
+                    ", a flush in progress"
+                } else {
+                    ""
+                }
+            ),
+        ))
     }
 }
 
+/// Stages bytes through `bytes::BufMut` (`put_slice`, `put_u32`, ...; encoders that write into a
+/// `BufMut`). [`remaining_mut`](bytes::BufMut::remaining_mut) is the room left under
+/// `max_write_buffer`; as `BufMut` requires, a `put` that does not fit panics, so check
+/// `remaining_mut` (or [`Connection::write_capacity`]) first, or use [`Connection::write`],
+/// which returns an error instead. Nothing is sent until [`Connection::flush`].
 // SAFETY: `chunk_mut` hands out the spare capacity of the staging vector after the staged bytes;
 // `advance_mut` commits exactly what the caller initialised there (the caller's contract), and
 // `remaining_mut` never exceeds `max_write_buffer - staged`.

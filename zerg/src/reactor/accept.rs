@@ -71,7 +71,14 @@ impl Reactor {
         // Stopping: the listener was shut down, which ends the accept with an error. Paused: the
         // loop re-arms it once there is room.
         let running = self.phase == Phase::Running && !self.engine.is_stopping();
-        if !more && running && !self.accepting.gate.is_paused() {
+        if res == -libc::EINVAL && running {
+            // The socket left the listening state under us (another holder of an inherited
+            // listener shut it down): re-arming would fail at once, forever.
+            tracing::error!(
+                reactor = self.index,
+                "listener is no longer listening; accepting on it stopped"
+            );
+        } else if !more && running && !self.accepting.gate.is_paused() {
             if res == -libc::EMFILE || res == -libc::ENFILE {
                 // Out of descriptors: retrying at once would spin. Try again after a pause.
                 self.ring

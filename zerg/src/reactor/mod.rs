@@ -50,7 +50,7 @@ use crate::buf_ring::{BufRing, RecvItem};
 use crate::config::ReactorConfig;
 use crate::conn::{ConnShared, Connection};
 use crate::error::{Error, Result};
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Lifecycle, ThreadGuard};
 use crate::ring::Ring;
 use crate::ring::slots::Slots;
 use crate::ring::token::{ConnectionId, Kind, Token};
@@ -97,9 +97,12 @@ pub(crate) struct ReactorInit {
     pub(crate) index: usize,
     pub(crate) config: ReactorConfig,
     pub(crate) mode: Mode,
-    /// Per-reactor accept mode: this reactor's `SO_REUSEPORT` listener.
+    /// Per-reactor accept mode: the listener this reactor accepts on (its own `SO_REUSEPORT`
+    /// socket, or one it shares with the other reactors).
     pub(crate) listener: Option<RawFd>,
     pub(crate) engine: Arc<Lifecycle>,
+    /// Held for the thread's whole life (`Engine::stopped`).
+    pub(crate) exit: ThreadGuard,
     /// The tokio runtime whose context the thread enters (`EngineOptions::tokio_context`).
     #[cfg(feature = "tokio-context")]
     pub(crate) tokio: Option<tokio::runtime::Handle>,
@@ -145,6 +148,8 @@ pub(crate) fn spawn(init: ReactorInit) -> Result<Spawned> {
 }
 
 fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Ready>) {
+    // Declared first, dropped last: after everything below has been torn down.
+    let _exit = init.exit.clone();
     let index = init.index;
     let engine = init.engine.clone();
     // Entered for the thread's whole life: every handler poll runs in the runtime's context.

@@ -65,6 +65,9 @@
 //! - Outbound connections: [`connect`] / [`connect_timeout`] / [`adopt`] on the calling task's
 //!   reactor (thread-per-core handlers), [`Engine::connect`] / [`Engine::adopt`] from anywhere;
 //!   the result is a [`Connection`] like an accepted one.
+//! - Observability: [`Engine::stats`] / [`StatsHandle`] (counters per reactor),
+//!   `prometheus::EngineCollector` (feature `prometheus`), and [`tracing`] events inside a
+//!   `reactor` span per reactor thread and an `acceptor` span.
 //! - Configuration: [`EngineOptions`], [`ReactorConfig`], [`AcceptorConfig`], [`IpVersion`],
 //!   [`AcceptMode`].
 //!
@@ -87,6 +90,8 @@ pub mod hyper;
 mod io;
 mod lifecycle;
 mod net;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 mod reactor;
 mod ring;
 mod runtime;
@@ -117,7 +122,7 @@ pub use ring::token::ConnectionId;
 pub mod axum {
     pub use crate::io::axum::Listener;
 }
-pub use stats::{AcceptorStats, EngineStats, ReactorStats};
+pub use stats::{AcceptorStats, EngineStats, ReactorStats, StatsHandle};
 pub use task::{JoinHandle, spawn_local};
 
 /// The README's code samples, compiled as doctests. `zerg/README.md` is a symlink to the

@@ -17,6 +17,7 @@ use crate::admission::{AcceptGate, Admission, GateAction, Room};
 use crate::config::AcceptorConfig;
 use crate::error::{Error, Result};
 use crate::lifecycle::{AcceptorShared, Lifecycle};
+use crate::log_throttle::{Throttles, log_accept_error, warn_throttled};
 use crate::ring::Ring;
 use crate::ring::token::{ConnectionId, Kind, Token};
 use crate::runtime::ReactorShared;
@@ -41,6 +42,8 @@ struct Acceptor {
     accept_armed: bool,
     inflight: u32,
     stats: AcceptorStats,
+    /// Warnings that could repeat at the rate of traffic.
+    logs: Throttles,
     stopping: bool,
     admission: Arc<Admission>,
     /// The accept against the connection caps.
@@ -61,6 +64,7 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new()
         .name("zerg-acceptor".into())
         .spawn(move || {
+            let _span = tracing::error_span!("acceptor").entered();
             let mut acceptor = match Acceptor::new(&config, listener, reactors, engine, admission) {
                 Ok(a) => a,
                 Err(e) => {
@@ -138,6 +142,7 @@ impl Acceptor {
             accept_armed: false,
             inflight: 0,
             stats: AcceptorStats::default(),
+            logs: Throttles::default(),
             stopping: false,
             admission,
             gate: AcceptGate::default(),
@@ -223,7 +228,7 @@ impl Acceptor {
                     self.accepted(res)?;
                 } else if res != -libc::ECANCELED && !stopping {
                     self.stats.accept_errors += 1;
-                    tracing::warn!(error = %std::io::Error::from_raw_os_error(-res), "accept failed");
+                    log_accept_error(&mut self.logs.accept_errors, -res);
                 }
                 if !more && !stopping && !self.gate.is_paused() {
                     if res == -libc::EMFILE || res == -libc::ENFILE {
@@ -281,7 +286,8 @@ impl Acceptor {
             GateAction::Cancel => true,
             GateAction::Pause { cancel } => {
                 self.stats.accept_pauses += 1;
-                tracing::warn!(
+                warn_throttled!(
+                    self.logs.accept_pauses,
                     "connection cap reached: accepting paused, new connections wait in the listen backlog"
                 );
                 cancel
@@ -355,7 +361,11 @@ impl Acceptor {
             return Ok(());
         }
         self.gate.resume();
-        tracing::info!("below the connection cap again: accepting");
+        if self.logs.accept_pauses.last_warned() {
+            tracing::info!("below the connection cap again: accepting");
+        } else {
+            tracing::debug!("below the connection cap again: accepting");
+        }
         self.stats.accept_rearms += 1;
         self.arm_accept()
     }

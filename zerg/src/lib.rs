@@ -89,6 +89,7 @@ pub mod future;
 pub mod hyper;
 mod io;
 mod lifecycle;
+mod log_throttle;
 mod net;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;

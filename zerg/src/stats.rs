@@ -200,9 +200,11 @@ mod tests {
 
     #[test]
     fn fields_name_every_counter_with_its_documentation() {
-        let mut s = ReactorStats::default();
-        s.bytes_sent = 7;
-        s.connections = 3;
+        let s = ReactorStats {
+            bytes_sent: 7,
+            connections: 3,
+            ..ReactorStats::default()
+        };
         assert_eq!(s.get("bytes_sent"), Some(7));
         assert_eq!(s.get("connections"), Some(3));
         assert_eq!(s.get("no_such_counter"), None);

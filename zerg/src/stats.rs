@@ -57,7 +57,8 @@ stats_struct! {
     pub struct ReactorStats / ReactorStatsCell {
         /// Live connections (accepted and not yet fully closed).
         connections,
-        /// Connections adopted since start.
+        /// Connections opened since start: accepted, taken over with
+        /// [`Engine::adopt`](crate::Engine::adopt), or connected outbound.
         connections_total,
         /// Connections closed at once for want of room: the accept queue of
         /// [`Engine::accept`](crate::Engine::accept) was full. Caps do not shed: they pause

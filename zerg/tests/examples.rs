@@ -278,7 +278,6 @@ fn example_path(name: &str) -> PathBuf {
         root.join("examples").join(format!("{name}.rs")),
         root.join("examples/common/mod.rs"),
         root.join("examples/common/http.rs"),
-        root.join("examples/common/metrics.rs"),
     ];
     for source in sources.iter().filter(|p| p.exists()) {
         let changed = std::fs::metadata(source)
@@ -767,90 +766,6 @@ fn idle_and_header_timeouts_close_connections() {
         check_get(&ex);
         ex.stop();
     }
-}
-
-/// `GET path` (`method`, with `accept`) on `port` with `Connection: close`: the whole answer.
-fn ask_metrics(port: u16, method: &str, path: &str, accept: &str) -> String {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: m\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-    );
-    c.write_all(req.as_bytes()).unwrap();
-    String::from_utf8(read_to_close(&mut c)).expect("UTF-8 metrics")
-}
-
-/// The sum over reactors of the samples of `name` in a scrape.
-fn metric_sum(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
-
-/// `--metrics-port`: Prometheus text of the engine's counters, following the traffic, in both
-/// handler modes; 404 and 405 for anything but `GET /metrics`.
-#[cfg(feature = "prometheus")]
-#[test]
-fn raw_serves_its_counters_on_the_metrics_port() {
-    for mode in ["runtime", "reactor"] {
-        // A free port: bound, then released for the example.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let port_arg = port.to_string();
-        let ex = Example::start("raw", &["--mode", mode, "--metrics-port", &port_arg]);
-        let mut c = ex.connect();
-        c.write_all(&GET.repeat(10)).unwrap();
-        read_hellos(&mut c, 10);
-        let want = 10 * http::RESPONSE.len() as u64;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let text = loop {
-            let text = ask_metrics(port, "GET", "/metrics", "*/*");
-            if metric_sum(&text, "zerg_sent_bytes_total") >= want || Instant::now() > deadline {
-                break text;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-        assert!(
-            text.contains("content-type: text/plain; version=0.0.4"),
-            "{text}"
-        );
-        assert!(text.contains("# TYPE zerg_connections gauge\n"), "{text}");
-        assert!(
-            text.contains("# TYPE zerg_received_bytes_total counter\n"),
-            "{text}"
-        );
-        assert!(metric_sum(&text, "zerg_sent_bytes_total") >= want, "{text}");
-        assert!(metric_sum(&text, "zerg_received_bytes_total") >= 10 * GET.len() as u64);
-        assert_eq!(metric_sum(&text, "zerg_connections"), 1, "{text}");
-        assert!(metric_sum(&text, "zerg_connections_opened_total") >= 1);
-
-        let open = ask_metrics(port, "GET", "/metrics", "application/openmetrics-text");
-        assert!(open.contains("application/openmetrics-text"), "{open}");
-        assert!(open.ends_with("# EOF\n"), "{open}");
-        assert!(ask_metrics(port, "GET", "/", "*/*").starts_with("HTTP/1.1 404"));
-        let post = ask_metrics(port, "POST", "/metrics", "*/*");
-        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
-        drop(c);
-        ex.stop();
-    }
-}
-
-/// Without the `prometheus` feature, `--metrics-port` is refused with a clear error.
-#[cfg(not(feature = "prometheus"))]
-#[test]
-fn metrics_port_needs_the_prometheus_feature() {
-    let out = Command::new(example_path("raw"))
-        .args(["--metrics-port", "9090"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--features prometheus"), "{err}");
 }
 
 #[test]

@@ -17,6 +17,7 @@ use crate::admission::{AcceptGate, Admission, GateAction, Room};
 use crate::config::AcceptorConfig;
 use crate::error::{Error, Result};
 use crate::lifecycle::{AcceptorShared, Lifecycle, ThreadGuard};
+use crate::log_throttle::{Throttles, log_accept_error, warn_throttled};
 use crate::ring::Ring;
 use crate::ring::token::{ConnectionId, Kind, Token};
 use crate::runtime::ReactorShared;
@@ -43,6 +44,8 @@ struct Acceptor {
     armed: Vec<bool>,
     inflight: u32,
     stats: AcceptorStats,
+    /// Warnings that could repeat at the rate of traffic.
+    logs: Throttles,
     stopping: bool,
     admission: Arc<Admission>,
     /// The accept against the connection caps.
@@ -66,6 +69,7 @@ pub(crate) fn spawn(
         .spawn(move || {
             // Dropped last, when the thread is done (`Engine::stopped`).
             let _exit = exit;
+            let _span = tracing::error_span!("acceptor").entered();
             let mut acceptor = match Acceptor::new(&config, listeners, reactors, engine, admission)
             {
                 Ok(a) => a,
@@ -155,6 +159,7 @@ impl Acceptor {
             batch: config.batch_sqes as usize,
             inflight: 0,
             stats: AcceptorStats::default(),
+            logs: Throttles::default(),
             stopping: false,
             admission,
             gate: AcceptGate::default(),
@@ -256,7 +261,7 @@ impl Acceptor {
                     self.accepted(res)?;
                 } else if res != -libc::ECANCELED && !stopping {
                     self.stats.accept_errors += 1;
-                    tracing::warn!(listener = i, error = %std::io::Error::from_raw_os_error(-res), "accept failed");
+                    log_accept_error(&mut self.logs.accept_errors, -res);
                 }
                 if res == -libc::EINVAL && !stopping {
                     // The socket left the listening state under us (another holder of an
@@ -321,7 +326,8 @@ impl Acceptor {
             GateAction::Cancel => true,
             GateAction::Pause { cancel } => {
                 self.stats.accept_pauses += 1;
-                tracing::warn!(
+                warn_throttled!(
+                    self.logs.accept_pauses,
                     "connection cap reached: accepting paused, new connections wait in the listen backlog"
                 );
                 cancel
@@ -396,7 +402,11 @@ impl Acceptor {
             return Ok(());
         }
         self.gate.resume();
-        tracing::info!("below the connection cap again: accepting");
+        if self.logs.accept_pauses.last_warned() {
+            tracing::info!("below the connection cap again: accepting");
+        } else {
+            tracing::debug!("below the connection cap again: accepting");
+        }
         self.stats.accept_rearms += 1;
         self.arm_accepts()
     }

@@ -18,7 +18,7 @@ use crate::net::{Connect, Job};
 use crate::reactor::outbound::Outbound;
 use crate::reactor::{self, HandlerFactory, Mode, ReactorInit};
 use crate::runtime::executor;
-use crate::stats::EngineStats;
+use crate::stats::{EngineStats, StatsHandle};
 use crate::sys::listener::Listeners;
 
 /// A running zerg server: one acceptor thread (or per-reactor accept) and N reactor threads.
@@ -535,19 +535,20 @@ impl Engine {
 
     /// Counters of every reactor and the acceptor.
     pub fn stats(&self) -> EngineStats {
-        EngineStats {
-            reactors: self
-                .shared
+        self.stats_handle().stats()
+    }
+
+    /// A handle that reads [`stats`](Self::stats) from anywhere, without borrowing the engine:
+    /// for a metrics exporter that outlives this borrow (it keeps only the counters alive).
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle::new(
+            self.shared
                 .reactors()
                 .iter()
-                .map(|r| r.stats.load())
+                .map(|r| r.stats.clone())
                 .collect(),
-            acceptor: self
-                .shared
-                .acceptor()
-                .map(|a| a.stats.load())
-                .unwrap_or_default(),
-        }
+            self.shared.acceptor().map(|a| a.stats.clone()),
+        )
     }
 }
 

@@ -71,6 +71,9 @@
 //! - Listening: an address ([`EngineOptions::bind`], `From<SocketAddr>`), or sockets made
 //!   elsewhere ([`EngineOptions::listener`]: systemd socket activation, hot restarts, several
 //!   addresses).
+//! - Observability: [`Engine::stats`] / [`StatsHandle`] (counters per reactor),
+//!   `prometheus::EngineCollector` (feature `prometheus`), and [`tracing`] events inside a
+//!   `reactor` span per reactor thread and an `acceptor` span.
 //! - Configuration: [`EngineOptions`], [`ReactorConfig`], [`AcceptorConfig`], [`IpVersion`],
 //!   [`AcceptMode`].
 //! - Errors: one [`Error`] type; `?` converts `std::io::Error` into it and back.
@@ -96,7 +99,10 @@ pub mod future;
 pub mod hyper;
 mod io;
 mod lifecycle;
+mod log_throttle;
 mod net;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 mod reactor;
 mod ring;
 mod runtime;
@@ -127,7 +133,7 @@ pub use ring::token::ConnectionId;
 pub mod axum {
     pub use crate::io::axum::Listener;
 }
-pub use stats::{AcceptorStats, EngineStats, ReactorStats};
+pub use stats::{AcceptorStats, EngineStats, ReactorStats, StatsHandle};
 pub use task::{JoinError, JoinHandle, spawn_local};
 
 /// The README's code samples, compiled as doctests. `zerg/README.md` is a symlink to the

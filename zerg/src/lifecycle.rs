@@ -108,7 +108,7 @@ impl Lifecycle {
 pub(crate) struct AcceptorShared {
     wake: EventFd,
     stop: AtomicBool,
-    pub(crate) stats: AcceptorStatsCell,
+    pub(crate) stats: Arc<AcceptorStatsCell>,
 }
 
 impl AcceptorShared {
@@ -116,7 +116,7 @@ impl AcceptorShared {
         Self {
             wake,
             stop: AtomicBool::new(false),
-            stats: AcceptorStatsCell::default(),
+            stats: Arc::default(),
         }
     }
 

@@ -1,9 +1,11 @@
 //! Shared by the examples: command-line flags (`lexopt`), logging (`tracing-subscriber`), the
 //! timeouts and limits, the run loop for both handler modes, signals, and answering and closing
-//! HTTP connections. Request framing is in [`http`].
+//! HTTP connections. Request framing is in [`http`], the `--metrics-port` endpoint in
+//! [`metrics`].
 #![allow(dead_code, unreachable_pub)]
 
 pub mod http;
+pub mod metrics;
 
 use std::future::Future;
 use std::time::Duration;
@@ -68,6 +70,8 @@ pub struct Args {
     /// The example enforces `header_timeout` itself (so it is not reported as unsupported).
     pub header_timeout_applied: bool,
     pub kind: Kind,
+    /// `--metrics-port`: serve Prometheus metrics there ([`metrics`]).
+    pub metrics_port: Option<u16>,
 }
 
 /// The flags, for `--help` and errors. HTTP examples add `--header-timeout`.
@@ -90,6 +94,8 @@ pub const USAGE: &str = "flags:
                             the idle and header timeouts cover HTTP)
   --idle-timeout SECS       close a connection that sent and received nothing for SECS
                             (default 75; 0: off)
+  --metrics-port N          serve Prometheus metrics at http://IP:N/metrics, IP being --ip
+                            (default: all addresses); needs --features prometheus
 logging: RUST_LOG (tracing-subscriber EnvFilter syntax), default \"info\"; logs go to stderr";
 
 const HTTP_USAGE: &str = "HTTP flags:
@@ -155,6 +161,7 @@ impl Args {
             max_connections: None,
             header_timeout_applied: false,
             kind,
+            metrics_port: None,
         };
         let mut p = lexopt::Parser::from_iter(args);
         while let Some(arg) = p.next()? {
@@ -199,6 +206,12 @@ impl Args {
                 "idle-timeout" => a.idle_timeout = secs(p.value()?.parse()?),
                 "header-timeout" if kind == Kind::Http => {
                     a.header_timeout = secs(p.value()?.parse()?)
+                }
+                "metrics-port" if metrics::AVAILABLE => a.metrics_port = Some(p.value()?.parse()?),
+                "metrics-port" => {
+                    return Err("--metrics-port needs the prometheus feature: \
+                                cargo run --example NAME --features prometheus -- --metrics-port N"
+                        .into());
                 }
                 _ => return Err(Long(&name).unexpected()),
             }
@@ -286,6 +299,8 @@ where
     H: Fn(Connection) -> F + Send + Sync + Clone + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    // Bound before the engine starts: a taken port fails before anything runs.
+    let metrics = metrics::Endpoint::bind(args);
     match args.mode {
         Mode::Runtime => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -297,6 +312,9 @@ where
                 // Listen for signals before the server starts, so none is missed.
                 let mut stop = Stop::new();
                 let engine = start(Engine::listen(options), args);
+                if let Some(m) = metrics {
+                    m.serve(&engine);
+                }
                 loop {
                     tokio::select! {
                         conn = engine.accept() => match conn {
@@ -319,6 +337,11 @@ where
                 Stop::new()
             };
             let engine = start(Engine::serve(options, handler), args);
+            if let Some(m) = metrics {
+                // The metrics run on this runtime, driven while it waits for the signal.
+                let _in_runtime = rt.enter();
+                m.serve(&engine);
+            }
             rt.block_on(stop.recv());
             finish(engine);
         }

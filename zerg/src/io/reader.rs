@@ -194,7 +194,7 @@ impl ConnectionReader {
         } else {
             return false;
         };
-        tracing::debug!(reactor = shared.index, slot = self.conn.id().slot(), %error, "reader gave up");
+        tracing::debug!(reactor = shared.index, conn = %self.conn.id(), %error, "reader gave up");
         self.inbound.consume(held);
         self.too_large = Some(error);
         true

@@ -51,6 +51,7 @@ use crate::config::ReactorConfig;
 use crate::conn::{ConnShared, Connection};
 use crate::error::{Error, Result};
 use crate::lifecycle::{Lifecycle, ThreadGuard};
+use crate::log_throttle::Throttles;
 use crate::ring::Ring;
 use crate::ring::slots::Slots;
 use crate::ring::token::{ConnectionId, Kind, Token};
@@ -151,6 +152,9 @@ fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Ready>) {
     // Declared first, dropped last: after everything below has been torn down.
     let _exit = init.exit.clone();
     let index = init.index;
+    // Every event of this thread (and of thread-per-core handlers) carries `reactor`. At
+    // `error` level so that it is on whenever any event is.
+    let _span = tracing::error_span!("reactor", reactor = index).entered();
     let engine = init.engine.clone();
     // Entered for the thread's whole life: every handler poll runs in the runtime's context.
     #[cfg(feature = "tokio-context")]
@@ -173,7 +177,7 @@ fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Ready>) {
     }
     let _ = ready.send(Ok((reactor.shared.clone(), reactor.outbound.clone())));
     drop(ready);
-    tracing::debug!(reactor = index, "reactor started");
+    tracing::debug!("reactor started");
 
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reactor.run()));
     let failure = match outcome {
@@ -182,7 +186,7 @@ fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Ready>) {
         Err(payload) => Some(panic_message(payload.as_ref())),
     };
     if let Some(reason) = &failure {
-        tracing::error!(reactor = index, %reason, "reactor failed; stopping the engine");
+        tracing::error!(%reason, "reactor failed; stopping the engine");
         engine.fail(Error::ReactorFailed {
             reactor: index,
             reason: reason.clone(),
@@ -190,7 +194,7 @@ fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Ready>) {
     }
     reactor.fail_outbound();
     reactor.teardown(failure.is_some());
-    tracing::debug!(reactor = index, "reactor stopped");
+    tracing::debug!("reactor stopped");
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +252,8 @@ struct Reactor {
     /// Engine-level operations in flight (wake read, accept, timers, cancellations).
     misc_ops: u32,
     stats: ReactorStats,
+    /// Warnings that could repeat at the rate of traffic.
+    logs: Throttles,
     phase: Phase,
     cancel_all_sent: bool,
     /// Reactor time in milliseconds, read once per loop iteration.
@@ -381,6 +387,7 @@ impl Reactor {
             accept_armed: false,
             misc_ops: 0,
             stats,
+            logs: Throttles::default(),
             phase: Phase::Running,
             cancel_all_sent: false,
             now: 0,

@@ -48,7 +48,7 @@ pub(crate) struct ReactorShared {
     pub(crate) timers: Timers,
     /// A read timeout is configured: handles stamp when a read starts waiting.
     pub(crate) stamp_reads: bool,
-    pub(crate) stats: ReactorStatsCell,
+    pub(crate) stats: Arc<ReactorStatsCell>,
     exited: AtomicBool,
 }
 
@@ -76,7 +76,7 @@ impl ReactorShared {
             clock: Clock::new(),
             timers: Timers::default(),
             stamp_reads: config.read_timeout.is_some(),
-            stats: ReactorStatsCell::default(),
+            stats: Arc::default(),
             exited: AtomicBool::new(false),
         }
     }

@@ -234,6 +234,9 @@ pub enum TokioContext {
     Handle(tokio::runtime::Handle),
 }
 
+/// Largest [`ReactorConfig::min_wait`]: a batching wait, not a timer.
+const MAX_MIN_WAIT: Duration = Duration::from_secs(1);
+
 /// Configuration of one reactor (C# zerg: `ReactorConfig`).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -278,6 +281,13 @@ pub struct ReactorConfig {
     /// cross-thread requests wake the reactor at once through its eventfd, so an idle reactor
     /// does not wake at all. `Some(d)` also wakes it every `d` (only useful for diagnostics).
     pub cq_timeout: Option<Duration>,
+    /// Batch completions under load (`min_wait_usec` of `IORING_ENTER_EXT_ARG`, Linux 6.12): a
+    /// reactor with nothing to do waits up to this long for a batch of completions before it
+    /// wakes for fewer (never longer than that once one has arrived; an idle reactor still
+    /// sleeps until work comes). Fewer wake-ups and `io_uring_enter` calls per request, at up to
+    /// this much added latency per wait. Older kernels ignore it (logged once). `None` (the
+    /// default) wakes for the first completion. See docs/tuning.md.
+    pub min_wait: Option<Duration>,
     /// `IOU_PBUF_RING_INC` (Linux 6.12): the kernel packs several receives into one buffer at
     /// successive offsets, so small messages do not each pin a whole buffer. A buffer goes back to
     /// the ring once the kernel has moved past it and every piece of it was returned.
@@ -360,6 +370,7 @@ impl ReactorConfig {
         batch_cqes: 4096,
         max_connections_per_reactor: 8192,
         cq_timeout: None,
+        min_wait: None,
         incremental_buffer_consumption: false,
         max_buffers_per_connection: 0,
         max_recv_bytes_per_connection: 256 * 1024,
@@ -444,6 +455,15 @@ impl ReactorConfig {
         limits::validate(self)?;
         if self.max_write_buffer == 0 {
             return e("max_write_buffer", "must be at least 1 byte".into());
+        }
+        if self
+            .min_wait
+            .is_some_and(|d| d < Duration::from_micros(1) || d > MAX_MIN_WAIT)
+        {
+            return e(
+                "min_wait",
+                "must be in 1 µs..=1 s (use None to wake for the first completion)".into(),
+            );
         }
         for (field, value) in [
             ("write_timeout", self.write_timeout),

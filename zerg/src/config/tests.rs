@@ -82,3 +82,29 @@ fn address_family_must_match_ip_version() {
     opts.ip = "::1".parse().unwrap();
     opts.validate().unwrap();
 }
+
+#[test]
+fn min_wait_must_be_a_short_positive_wait() {
+    for bad in [
+        Duration::ZERO,
+        Duration::from_nanos(500),
+        Duration::from_secs(2),
+    ] {
+        let rc = ReactorConfig {
+            min_wait: Some(bad),
+            ..ReactorConfig::default()
+        };
+        assert_eq!(field_of(rc.validate().unwrap_err()), "min_wait", "{bad:?}");
+    }
+    for good in [
+        None,
+        Some(Duration::from_micros(1)),
+        Some(Duration::from_secs(1)),
+    ] {
+        let rc = ReactorConfig {
+            min_wait: good,
+            ..ReactorConfig::default()
+        };
+        rc.validate().unwrap();
+    }
+}

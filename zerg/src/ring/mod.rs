@@ -25,6 +25,10 @@ pub(crate) mod token;
 pub(crate) use connect_op::ConnectOp;
 pub(crate) use send_buf::{SendBuf, SendProgress};
 
+/// The general timeout of a `min_wait` wait with nothing else bounding it: how often an idle
+/// reactor with `min_wait` wakes.
+const MIN_WAIT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// An io_uring plus the memory its operations point to.
 pub(crate) struct Ring {
     uring: IoUring,
@@ -34,6 +38,8 @@ pub(crate) struct Ring {
     grace: Box<Timespec>,
     /// Upper bound on every wait (`cq_timeout`), if configured.
     wait_timeout: Option<Duration>,
+    /// `min_wait` of every blocking wait, in microseconds (0: off).
+    min_wait_usec: u32,
 }
 
 impl Ring {
@@ -44,7 +50,14 @@ impl Ring {
             backoff: Box::new(sys::ring::timespec(backoff)),
             grace: Box::new(Timespec::new()),
             wait_timeout,
+            min_wait_usec: 0,
         }
+    }
+
+    /// Batches completions in every blocking wait from now on ([`sys::ring::Wait`]); 0 turns it
+    /// off.
+    pub(crate) fn set_min_wait(&mut self, usec: u32) {
+        self.min_wait_usec = usec;
     }
 
     pub(crate) fn uring(&self) -> &IoUring {
@@ -108,21 +121,56 @@ impl Ring {
         ))
     }
 
-    /// Submits and, with `wait`, blocks until a completion, or for at most `bound` (and the
-    /// configured wait timeout).
-    pub(crate) fn submit(&self, wait: bool, bound: Option<Duration>) -> io::Result<()> {
+    /// Submits and, with `wait`, blocks until a completion (a batch of them, with a `min_wait`),
+    /// or for at most `bound` (and the configured wait timeout).
+    pub(crate) fn submit(&mut self, wait: bool, bound: Option<Duration>) -> io::Result<()> {
+        if !wait {
+            return sys::ring::submit(&self.uring, None);
+        }
         let bound = match (bound, self.wait_timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let min_wait = Duration::from_micros(u64::from(self.min_wait_usec));
+        let (bound, min_wait_usec) = match bound {
+            // The kernel arms the general timeout only once `min_wait` ran out: a shorter bound
+            // (a timer due soon) waits without it.
+            Some(b) if b <= min_wait => (Some(b), 0),
+            Some(b) => (Some(b), self.min_wait_usec),
+            // Without a general timeout the kernel ends the wait after `min_wait` even with no
+            // completion at all; a long one keeps an idle reactor asleep.
+            None if self.min_wait_usec > 0 => (Some(MIN_WAIT_IDLE_TIMEOUT), self.min_wait_usec),
+            None => (None, 0),
+        };
         let ts = bound.map(sys::ring::timespec);
-        sys::ring::submit(&self.uring, wait, ts.as_ref())
+        let res = sys::ring::submit(
+            &self.uring,
+            Some(sys::ring::Wait {
+                timeout: ts.as_ref(),
+                min_wait_usec,
+            }),
+        );
+        match res {
+            Err(e) if self.min_wait_usec > 0 && e.raw_os_error() == Some(libc::EINVAL) => {
+                // The kernel advertised min_wait but refuses it: wait without it from now on.
+                tracing::warn!(error = %e, "min_wait refused by the kernel; waiting for the first completion instead");
+                self.min_wait_usec = 0;
+                Ok(())
+            }
+            res => res,
+        }
     }
 
     /// Submits and waits at most `timeout` (teardown).
     pub(crate) fn submit_wait_for(&self, timeout: Duration) -> io::Result<()> {
         let ts = sys::ring::timespec(timeout);
-        sys::ring::submit(&self.uring, true, Some(&ts))
+        sys::ring::submit(
+            &self.uring,
+            Some(sys::ring::Wait {
+                timeout: Some(&ts),
+                min_wait_usec: 0,
+            }),
+        )
     }
 
     pub(crate) fn completion(&mut self) -> cqueue::CompletionQueue<'_> {

@@ -84,7 +84,11 @@ impl Connection {
         }
         if !st.recv.is_empty() {
             let mut items = std::mem::take(&mut st.spare);
-            items.extend(st.recv.drain(..));
+            // Two slice copies, not an element-by-element drain.
+            let (a, b) = st.recv.as_slices();
+            items.extend_from_slice(a);
+            items.extend_from_slice(b);
+            st.recv.clear();
             st.in_cycle = true;
             drop(st);
             return Poll::Ready(ReadSnapshot {

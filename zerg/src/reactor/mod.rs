@@ -188,6 +188,8 @@ fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Ready>) {
     }
     reactor.fail_outbound();
     reactor.teardown(failure.is_some());
+    // A batch of wake-ups may still wait for its leader; nobody bounds that wait any more.
+    reactor.shared.deliver_wakes();
     tracing::debug!(reactor = index, "reactor stopped");
 }
 
@@ -332,7 +334,7 @@ impl Reactor {
             ));
         }
         let min_wait = sys::ring::min_wait_usec(&uring, config.min_wait, &who);
-        let mut ring = Ring::new(uring, Duration::from_millis(100), config.cq_timeout);
+        let ring = Ring::new(uring, Duration::from_millis(100), config.cq_timeout);
         ring.set_min_wait(min_wait);
         let eventfd = EventFd::new().map_err(|e| Error::io(format!("eventfd for {who}"), e))?;
         let wake_fd = eventfd.raw();

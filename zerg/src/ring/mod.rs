@@ -7,6 +7,7 @@
 //! With that, pushing an entry cannot hand the kernel dangling memory.
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
@@ -38,8 +39,9 @@ pub(crate) struct Ring {
     grace: Box<Timespec>,
     /// Upper bound on every wait (`cq_timeout`), if configured.
     wait_timeout: Option<Duration>,
-    /// `min_wait` of every blocking wait, in microseconds (0: off).
-    min_wait_usec: u32,
+    /// `min_wait` of every blocking wait, in microseconds (0: off). A cell: submitting takes
+    /// `&self`, and a kernel that refuses the value turns it off from then on.
+    min_wait_usec: Cell<u32>,
 }
 
 impl Ring {
@@ -50,14 +52,14 @@ impl Ring {
             backoff: Box::new(sys::ring::timespec(backoff)),
             grace: Box::new(Timespec::new()),
             wait_timeout,
-            min_wait_usec: 0,
+            min_wait_usec: Cell::new(0),
         }
     }
 
     /// Batches completions in every blocking wait from now on ([`sys::ring::Wait`]); 0 turns it
     /// off.
-    pub(crate) fn set_min_wait(&mut self, usec: u32) {
-        self.min_wait_usec = usec;
+    pub(crate) fn set_min_wait(&self, usec: u32) {
+        self.min_wait_usec.set(usec);
     }
 
     pub(crate) fn uring(&self) -> &IoUring {
@@ -123,7 +125,7 @@ impl Ring {
 
     /// Submits and, with `wait`, blocks until a completion (a batch of them, with a `min_wait`),
     /// or for at most `bound` (and the configured wait timeout).
-    pub(crate) fn submit(&mut self, wait: bool, bound: Option<Duration>) -> io::Result<()> {
+    pub(crate) fn submit(&self, wait: bool, bound: Option<Duration>) -> io::Result<()> {
         if !wait {
             return sys::ring::submit(&self.uring, None);
         }
@@ -131,15 +133,16 @@ impl Ring {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let min_wait = Duration::from_micros(u64::from(self.min_wait_usec));
+        let usec = self.min_wait_usec.get();
+        let min_wait = Duration::from_micros(u64::from(usec));
         let (bound, min_wait_usec) = match bound {
             // The kernel arms the general timeout only once `min_wait` ran out: a shorter bound
             // (a timer due soon) waits without it.
             Some(b) if b <= min_wait => (Some(b), 0),
-            Some(b) => (Some(b), self.min_wait_usec),
+            Some(b) => (Some(b), usec),
             // Without a general timeout the kernel ends the wait after `min_wait` even with no
             // completion at all; a long one keeps an idle reactor asleep.
-            None if self.min_wait_usec > 0 => (Some(MIN_WAIT_IDLE_TIMEOUT), self.min_wait_usec),
+            None if usec > 0 => (Some(MIN_WAIT_IDLE_TIMEOUT), usec),
             None => (None, 0),
         };
         let ts = bound.map(sys::ring::timespec);
@@ -151,10 +154,10 @@ impl Ring {
             }),
         );
         match res {
-            Err(e) if self.min_wait_usec > 0 && e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(e) if min_wait_usec > 0 && e.raw_os_error() == Some(libc::EINVAL) => {
                 // The kernel advertised min_wait but refuses it: wait without it from now on.
                 tracing::warn!(error = %e, "min_wait refused by the kernel; waiting for the first completion instead");
-                self.min_wait_usec = 0;
+                self.min_wait_usec.set(0);
                 Ok(())
             }
             res => res,

@@ -258,7 +258,7 @@ impl Connection {
         target: &mut Option<u64>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<()>> {
-        let Connection { shared, wbuf } = self;
+        let (shared, wbuf) = (&self.shared, &mut self.wbuf);
         // Wake-ups the reactor handed over for this thread to deliver (docs/architecture.md,
         // "Requests and wake-ups").
         shared.reactor.deliver_wakes();

@@ -133,18 +133,7 @@ impl Ring {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let usec = self.min_wait_usec.get();
-        let min_wait = Duration::from_micros(u64::from(usec));
-        let (bound, min_wait_usec) = match bound {
-            // The kernel arms the general timeout only once `min_wait` ran out: a shorter bound
-            // (a timer due soon) waits without it.
-            Some(b) if b <= min_wait => (Some(b), 0),
-            Some(b) => (Some(b), usec),
-            // Without a general timeout the kernel ends the wait after `min_wait` even with no
-            // completion at all; a long one keeps an idle reactor asleep.
-            None if usec > 0 => (Some(MIN_WAIT_IDLE_TIMEOUT), usec),
-            None => (None, 0),
-        };
+        let (bound, min_wait_usec) = wait_plan(bound, self.min_wait_usec.get());
         let ts = bound.map(sys::ring::timespec);
         let res = sys::ring::submit(
             &self.uring,
@@ -343,6 +332,21 @@ impl Ring {
     }
 }
 
+/// The general timeout and the `min_wait` (µs) of a blocking wait bounded by `bound`.
+fn wait_plan(bound: Option<Duration>, min_wait_usec: u32) -> (Option<Duration>, u32) {
+    let min_wait = Duration::from_micros(u64::from(min_wait_usec));
+    match bound {
+        // The kernel arms the general timeout only once `min_wait` ran out: a shorter bound (a
+        // timer due soon) waits without it.
+        Some(b) if b <= min_wait => (Some(b), 0),
+        Some(b) => (Some(b), min_wait_usec),
+        // Without a general timeout the kernel ends the wait after `min_wait` even with no
+        // completion at all; a long one keeps an idle reactor asleep.
+        None if min_wait_usec > 0 => (Some(MIN_WAIT_IDLE_TIMEOUT), min_wait_usec),
+        None => (None, 0),
+    }
+}
+
 /// Byte offset of `optlen` (a union with `file_index`) in the kernel's 64-byte `io_uring_sqe`.
 const SQE_OPTLEN_OFFSET: usize = 44;
 const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
@@ -364,6 +368,21 @@ mod tests {
     fn bytes(e: &squeue::Entry) -> [u8; 64] {
         // SAFETY: as in `set_optlen`: 64 bytes of plain integers.
         unsafe { *std::ptr::from_ref(e).cast::<[u8; 64]>() }
+    }
+
+    #[test]
+    fn min_wait_never_delays_a_timer_nor_wakes_an_idle_reactor() {
+        let ms = Duration::from_millis;
+        // Off: the bound as it is.
+        assert_eq!(wait_plan(None, 0), (None, 0));
+        assert_eq!(wait_plan(Some(ms(5)), 0), (Some(ms(5)), 0));
+        // On, nothing due: a long general timeout, so no completion means no wake-up.
+        assert_eq!(wait_plan(None, 50), (Some(MIN_WAIT_IDLE_TIMEOUT), 50));
+        // On, a timer due later than min_wait: both.
+        assert_eq!(wait_plan(Some(ms(5)), 50), (Some(ms(5)), 50));
+        // A timer due sooner than min_wait would wait for min_wait: no min_wait then.
+        assert_eq!(wait_plan(Some(Duration::from_micros(30)), 50).1, 0);
+        assert_eq!(wait_plan(Some(Duration::ZERO), 50).1, 0);
     }
 
     #[test]

@@ -103,6 +103,12 @@ stats_struct! {
         bytes_sent,
         /// Times the reactor woke from a blocking wait.
         wakeups,
+        /// Wake-ups of tasks on other threads handed over in a batch: the reactor woke one task
+        /// of each batch, the others were woken from that task's thread.
+        wakes_relayed,
+        /// Batches the reactor woke itself because no thread took them within a millisecond
+        /// (their first task did not poll its connection again).
+        relay_fallbacks,
         /// Handler panics caught (thread-per-core mode).
         handler_panics,
         /// Connections closed because a read waited longer than `read_timeout`.

@@ -14,7 +14,7 @@ use memchr::memmem::Finder;
 use crate::buf_ring::RecvItem;
 use crate::error::CloseReason;
 
-use super::{ConnShared, Connection};
+use super::{ConnShared, Connection, shared};
 
 impl Connection {
     /// Waits until bytes arrived or the connection closed, then takes everything received so far
@@ -50,6 +50,9 @@ pub struct Read<'a> {
 impl Drop for Read<'_> {
     fn drop(&mut self) {
         if self.waiting {
+            // A read woken and dropped instead of polled (a `select!` took another branch) still
+            // delivers what the reactor handed over.
+            self.conn.shared.reactor.deliver_wakes();
             // Nobody waits any more: time from here on does not count against the read timeout.
             self.conn.shared.lock().read_since = None;
         }
@@ -82,13 +85,20 @@ impl Connection {
     /// the timeout's clock and the next `Ready` stops it.
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<ReadSnapshot> {
         let shared = &self.shared;
+        // Wake-ups the reactor handed over for this thread to deliver (docs/architecture.md,
+        // "Requests and wake-ups").
+        shared.reactor.deliver_wakes();
         let mut st = shared.lock();
         if !st.recv.is_empty() || st.read_end.is_some() {
             st.read_since = None;
         }
         if !st.recv.is_empty() {
             let mut items = std::mem::take(&mut st.spare);
-            items.extend(st.recv.drain(..));
+            // Two slice copies, not an element-by-element drain.
+            let (a, b) = st.recv.as_slices();
+            items.extend_from_slice(a);
+            items.extend_from_slice(b);
+            st.recv.clear();
             st.in_cycle = true;
             drop(st);
             return Poll::Ready(ReadSnapshot {
@@ -106,10 +116,7 @@ impl Connection {
                 closed: Some(reason),
             });
         }
-        match &mut st.read_waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
+        st.read_remote = shared::register(&mut st.read_waker, cx.waker(), &shared.reactor);
         if shared.reactor.stamp_reads && st.read_since.is_none() {
             st.read_since = Some(shared.reactor.clock.now_ms());
         }

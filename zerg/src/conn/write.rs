@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use crate::error::{CloseReason, Error, Result};
 
-use super::{ConnShared, ConnState, Connection, ReadSnapshot, request};
+use super::{ConnShared, ConnState, Connection, ReadSnapshot, request, shared};
 use crate::buf_ring::RecvItem;
 use crate::ring::outgoing::Outgoing;
 
@@ -232,47 +232,26 @@ impl Connection {
         }
     }
 
-    /// Starts a flush if bytes are staged; returns the sequence number to wait for.
-    fn start_flush(&mut self) -> std::result::Result<u64, CloseReason> {
-        let shared = &self.shared;
-        let (target, queue) = {
-            let mut st = shared.lock();
-            if let Some(reason) = st.write_end {
-                return Err(reason);
-            }
-            st.in_cycle = false;
-            let mut queue = false;
-            if !self.wbuf.is_empty() {
-                self.wbuf.hand_over(&mut st);
-                queue = ConnShared::raise(&mut st, request::FLUSH);
-            } else if st.requests != 0 {
-                // Nothing to send, but returns raised lazily must not wait any longer.
-                queue = !std::mem::replace(&mut st.queued, true);
-            }
-            (st.flush_requested, queue)
-        };
-        if queue {
-            shared.enqueue();
-        }
-        Ok(target)
-    }
-
-    fn poll_flushed(&self, target: u64, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let mut st = self.shared.lock();
-        if st.flush_done >= target {
-            return Poll::Ready(Ok(()));
-        }
+    /// Starts a flush (with the lock held): hands what is staged to the reactor. Returns the
+    /// sequence number to wait for and whether the caller must queue the token once it released
+    /// the lock.
+    fn start_flush(
+        wbuf: &mut WriteBuf,
+        st: &mut ConnState,
+    ) -> std::result::Result<(u64, bool), CloseReason> {
         if let Some(reason) = st.write_end {
-            return Poll::Ready(Err(match reason {
-                CloseReason::TimedOut => Error::TimedOut,
-                r => Error::Closed(r),
-            }));
+            return Err(reason);
         }
-        match &mut st.flush_waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
+        st.in_cycle = false;
+        let mut queue = false;
+        if !wbuf.is_empty() {
+            wbuf.hand_over(st);
+            queue = ConnShared::raise(st, request::FLUSH);
+        } else if st.requests != 0 {
+            // Nothing to send, but returns raised lazily must not wait any longer.
+            queue = !std::mem::replace(&mut st.queued, true);
         }
-        Poll::Pending
+        Ok((st.flush_requested, queue))
     }
 
     /// Poll-style [`flush`](Self::flush), for adapters. `state` carries the flush in progress
@@ -303,28 +282,54 @@ impl Connection {
         self.wbuf.room()
     }
 
-    /// Poll-style flush for adapters: starts (once) and polls a flush of what is staged.
+    /// Poll-style flush for adapters: starts (once) and polls a flush of what is staged, under
+    /// one lock.
     pub(crate) fn poll_flush_inner(
         &mut self,
         target: &mut Option<u64>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<()>> {
-        let t = match *target {
-            Some(t) => t,
-            None => {
-                let t = self.start_flush().map_err(|r| match r {
-                    CloseReason::TimedOut => Error::TimedOut,
-                    r => Error::Closed(r),
-                })?;
-                *target = Some(t);
-                t
+        let (shared, wbuf) = (&self.shared, &mut self.wbuf);
+        // Wake-ups the reactor handed over for this thread to deliver (docs/architecture.md,
+        // "Requests and wake-ups").
+        shared.reactor.deliver_wakes();
+        let mut queue = false;
+        let res = {
+            let mut st = shared.lock();
+            let t = match *target {
+                Some(t) => Ok(t),
+                None => Self::start_flush(wbuf, &mut st).map(|(t, q)| {
+                    queue = q;
+                    *target = Some(t);
+                    t
+                }),
+            };
+            match t {
+                Err(reason) => Poll::Ready(Err(reason)),
+                Ok(t) if st.flush_done >= t => Poll::Ready(Ok(())),
+                Ok(_) => match st.write_end {
+                    Some(reason) => Poll::Ready(Err(reason)),
+                    None => {
+                        st.flush_remote =
+                            shared::register(&mut st.flush_waker, cx.waker(), &shared.reactor);
+                        Poll::Pending
+                    }
+                },
             }
         };
-        let res = self.poll_flushed(t, cx);
-        if res.is_ready() {
-            *target = None;
+        if queue {
+            shared.enqueue();
         }
-        res
+        match res {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => {
+                *target = None;
+                Poll::Ready(r.map_err(|reason| match reason {
+                    CloseReason::TimedOut => Error::TimedOut,
+                    r => Error::Closed(r),
+                }))
+            }
+        }
     }
 }
 
@@ -452,10 +457,7 @@ impl Connection {
         if let Some(reason) = st.write_end {
             return Poll::Ready(Err(Error::Closed(reason)));
         }
-        match &mut st.flush_waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
+        st.flush_remote = shared::register(&mut st.flush_waker, cx.waker(), &self.shared.reactor);
         Poll::Pending
     }
 }

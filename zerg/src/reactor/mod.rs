@@ -11,6 +11,7 @@
 //!     drain requests again             what those tasks asked for
 //!     re-arm starved receives          when buffers came back
 //!     publish buffer-ring tail
+//!     hand wake-ups to other threads   one wake per batch (runtime/relay.rs)
 //!     submit and wait                  one io_uring_enter; blocks only when nothing is left to do
 //! }
 //! ```
@@ -23,7 +24,8 @@
 //! `pressure.rs` (the per-connection bound, the ring running low), `watch.rs` (closes noticed
 //! while a receive is paused), `send.rs`, `inbox.rs` (requests from handles), `close.rs`
 //! (closing, stopping, teardown), `timers.rs` (connection timeouts), `connect.rs` (outbound
-//! connections) and `outbound.rs` (their requests and answers); `conn.rs` holds the reactor's
+//! connections) and `outbound.rs` (their requests and answers), `wait.rs` (the end of an
+//! iteration: wake-ups handed to other threads, submit and wait); `conn.rs` holds the reactor's
 //! half of a connection.
 
 mod accept;
@@ -36,6 +38,7 @@ mod pressure;
 mod recv;
 mod send;
 mod timers;
+mod wait;
 mod watch;
 
 use std::collections::VecDeque;
@@ -194,6 +197,8 @@ fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Ready>) {
     }
     reactor.fail_outbound();
     reactor.teardown(failure.is_some());
+    // A batch of wake-ups may still wait for its leader; nobody bounds that wait any more.
+    reactor.shared.deliver_wakes();
     tracing::debug!("reactor stopped");
 }
 
@@ -261,6 +266,8 @@ struct Reactor {
     timeouts: Timeouts,
     conn_timers: ConnTimers,
     wakers: Vec<std::task::Waker>,
+    /// Wake-ups of tasks on other threads deferred during the iteration (`wait.rs`).
+    deferred: Vec<std::task::Waker>,
 }
 
 /// The error for a failed buffer-ring registration: kernels before 6.12 reject the
@@ -337,7 +344,9 @@ impl Reactor {
                 &who,
             ));
         }
+        let min_wait = sys::ring::min_wait_usec(&uring, config.min_wait, &who);
         let ring = Ring::new(uring, Duration::from_millis(100), config.cq_timeout);
+        ring.set_min_wait(min_wait);
         let eventfd = EventFd::new().map_err(|e| Error::io(format!("eventfd for {who}"), e))?;
         let wake_fd = eventfd.raw();
         let max_conns = config.max_connections_per_reactor as usize;
@@ -394,6 +403,7 @@ impl Reactor {
             timeouts: Timeouts::new(&config),
             conn_timers: ConnTimers::default(),
             wakers: Vec::new(),
+            deferred: Vec::with_capacity(1024),
         };
         reactor.arm_wake()?;
         if reactor.listener.is_some() {
@@ -472,28 +482,9 @@ impl Reactor {
                 self.arm_wake()?;
             }
             self.bufs.publish();
+            self.hand_off_wakes();
             self.publish_stats();
-            let mut idle = !local::has_local_work() && self.ring.completion().is_empty();
-            let mut bound = None;
-            if idle {
-                // The earliest timer bounds the wait; one that is due already means no wait.
-                bound = self.wait_bound();
-                idle = bound != Some(Duration::ZERO);
-            }
-            if idle {
-                // From here on other threads signal the eventfd; a last look catches what they
-                // queued before they could see that.
-                self.shared.prepare_sleep();
-                if self.shared.has_remote_work() || self.outbound.has_work() {
-                    self.shared.woke();
-                    idle = false;
-                }
-            }
-            self.submit(idle, bound)?;
-            if idle {
-                self.shared.woke();
-                self.stats.wakeups += 1;
-            }
+            self.submit_and_wait()?;
         }
     }
 

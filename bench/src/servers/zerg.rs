@@ -6,8 +6,12 @@
 //!
 //! `zerg-bench zerg --port P --workload http|echo [--buf-size N]
 //!                  [--mode reactor|runtime] [--accept dedicated|per-reactor] [--incremental]
-//!                  [--bundle] [--fixed-ring] [--reactors N]`
-//! (N > 1: the scaling rows; one reactor per server CPU)
+//!                  [--bundle] [--fixed-ring] [--reactors N] [--timeouts] [--min-wait USEC]`
+//! (N > 1: the scaling rows; one reactor per server CPU. `--bundle`: receive bundles
+//! (`recv_ring.bundle`). `--fixed-ring`: the whole receive ring circulating from the start.
+//! `--timeouts`: every connection timeout armed — read, idle, request, write — to measure what
+//! checking them costs. `--min-wait`: `ReactorConfig::min_wait`, batching completions in each
+//! wait)
 
 use zerg_uring::{AcceptMode, Connection, Engine, EngineOptions, ReactorConfig};
 
@@ -27,6 +31,8 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     let fixed_ring = args.flag("fixed-ring")?;
     let ring_bytes = crate::args::size_opt(&mut args, "ring-bytes", RING_BYTES)?;
     let reactors: usize = args.get("reactors", 1)?;
+    let timeouts = args.flag("timeouts")?;
+    let min_wait: u64 = args.get("min-wait", 0)?;
     if reactors == 0 {
         return Err("--reactors must be > 0".into());
     }
@@ -49,6 +55,17 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
         rc.recv_ring.initial_buffers = rc.buffer_ring_entries;
     }
     rc.max_connections_per_reactor = 65536;
+    if timeouts {
+        // Long enough never to fire during a run: what is measured is the bookkeeping.
+        let t = Some(std::time::Duration::from_secs(300));
+        (
+            rc.read_timeout,
+            rc.idle_timeout,
+            rc.request_timeout,
+            rc.write_timeout,
+        ) = (t, t, t, t);
+    }
+    rc.min_wait = (min_wait > 0).then(|| std::time::Duration::from_micros(min_wait));
     let mut eo = EngineOptions::with_port(opts.port);
     eo.ip = std::net::Ipv4Addr::LOCALHOST.into();
     eo.backlog = proto::BACKLOG;

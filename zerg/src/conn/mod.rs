@@ -10,7 +10,7 @@ mod read;
 mod shared;
 mod write;
 
-pub use read::{Read, ReadSnapshot, RingItem, Segments, Sequence};
+pub use read::{Read, ReadSnapshot, RecvBuffer, Segments, Sequence};
 pub use write::{Flush, FlushState, Shutdown, ShutdownState, WriteAll};
 
 pub(crate) use shared::{ConnShared, ConnState, request};
@@ -30,8 +30,8 @@ use crate::ring::token::ConnectionId;
 /// then closes the descriptor), discarding bytes written but not flushed.
 ///
 /// Reading: [`read`](Self::read) returns a [`ReadSnapshot`] of everything received so far (C# zerg:
-/// `ReadAsync`). Writing: [`write`](Self::write) (or [`get_span`](Self::get_span) +
-/// [`advance`](Self::advance), [`std::io::Write`], [`bytes::BufMut`]) stages bytes,
+/// `ReadAsync`). Writing: [`write`](Self::write) (or [`span_mut`](Self::span_mut) +
+/// [`commit`](Self::commit), [`std::io::Write`], [`bytes::BufMut`]) stages bytes,
 /// [`flush`](Self::flush) sends them.
 pub struct Connection {
     pub(crate) shared: Arc<ConnShared>,
@@ -74,6 +74,22 @@ impl Connection {
         }
         // The lock keeps the reactor from closing the descriptor meanwhile.
         crate::sys::peer_addr(self.shared.fd)
+    }
+
+    /// The local address of the connection: the address the client connected to, which tells
+    /// the listeners apart when the engine accepts on several
+    /// ([`EngineOptions::listeners`](crate::EngineOptions::listeners)).
+    ///
+    /// # Errors
+    ///
+    /// The `getsockname(2)` error, or `NotConnected` once the engine closed the socket.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        let st = self.shared.lock();
+        if st.fd_closed {
+            return Err(std::io::ErrorKind::NotConnected.into());
+        }
+        // The lock keeps the reactor from closing the descriptor meanwhile.
+        crate::sys::local_addr(self.shared.fd)
     }
 
     /// Why the connection is closed for reading, once it is and everything received was read.

@@ -61,7 +61,7 @@ const MAX_IOV: usize = 1024;
 impl SendBuf {
     /// The send (or `sendmsg`) of what is left, without SIGPIPE: one `send` for plain bytes, one
     /// `sendmsg` over an iovec per segment when received pieces are sent in place. Marks the
-    /// buffer in flight until [`complete`](Self::complete); the entry points into this buffer
+    /// buffer in flight until [`complete`](Self::into_inner); the entry points into this buffer
     /// (and into `pool` for pieces), which stays untouched until then.
     pub(crate) fn next_send(&mut self, pool: &BufPool, fd: RawFd) -> squeue::Entry {
         assert!(

@@ -31,8 +31,9 @@ pub struct RecvRingConfig {
     /// once) before it shrinks: it then keeps twice the peak use of that time, at least
     /// `initial_buffers`, and gives back the pages of the buffers in the ring nobody holds (they
     /// read as zeros until the kernel writes into them again; only with `defer_taskrun`, where
-    /// the kernel writes received data only while the reactor is inside `io_uring_enter`). A shrinking ring arms one timer per period while it
-    /// is above `initial_buffers`; none once it is back. `None`: never shrink. Default: 5 s.
+    /// the kernel writes received data only while the reactor is inside `io_uring_enter`). A
+    /// shrinking ring arms one timer per period while it is above `initial_buffers`; none once
+    /// it is back. `None`: never shrink. Default: 5 s.
     pub shrink_after: Option<Duration>,
     /// Receive bundles (`IORING_RECVSEND_BUNDLE`, Linux 6.10): one completion carries as many
     /// buffers as the socket had data for, instead of one completion per buffer. Fewer

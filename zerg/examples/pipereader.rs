@@ -57,6 +57,15 @@ impl Requests {
             if rest.is_empty() {
                 break;
             }
+            // The common head within one receive buffer: found and checked in one pass.
+            if self.scanned == 0
+                && let Some((head, len)) = http::parse_simple(rest.first())
+            {
+                consumed += len;
+                self.skip = head.body;
+                batch.push(Ok(head));
+                continue;
+            }
             // Resume the scan 3 bytes before where it stopped: the end may straddle.
             let from = self.scanned.saturating_sub(END.len() - 1);
             let limit = rest.len().min(MAX_HEAD);

@@ -13,9 +13,10 @@
 //! `Engine::serve`) and every reactor accepts its own connections (`SO_REUSEPORT`): zerg's fast
 //! path. `--mode runtime` runs them on a tokio runtime instead (`Engine::accept`).
 //!
-//! Requests are framed by `common::http`: heads found with memchr's memmem and parsed with
-//! httparse in place in the receive buffers (a head split across buffers is copied aside, at
-//! most 8 KiB). Bodies up to 1 MiB (`Content-Length`) are skipped; a request over the limits is
+//! Requests are framed by `common::http` in place in the receive buffers: a common head (an
+//! upper-case method, visible-ASCII target and fields, HTTP/1.x) is found and validated in one
+//! pass; any other is found with memchr's memmem and parsed with httparse, which decides; a head
+//! split across buffers is copied aside (at most 8 KiB). Bodies up to 1 MiB (`Content-Length`) are skipped; a request over the limits is
 //! answered 431/413, a malformed one 400, a `Transfer-Encoding` 501, and the connection closed.
 //!
 //! Flags (`--help`): --port, --reactors, --recv-buffer-size, --buffer-ring-entries,

@@ -234,3 +234,125 @@ proptest! {
         prop_assert_eq!(whole.requests, complete);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The one-pass path for common heads (`parse_simple`) against httparse.
+
+/// Every head `parse_simple` takes at the start of `bytes` ends at the first `"\r\n\r\n"` and is
+/// one httparse takes with the same outcome.
+fn check_simple_agrees(bytes: &[u8]) -> Result<(), TestCaseError> {
+    if let Some((head, len)) = http::parse_simple(bytes) {
+        let end = http::head_end(bytes, 0);
+        prop_assert_eq!(end, Some(len), "{:?}", String::from_utf8_lossy(bytes));
+        prop_assert_eq!(
+            http::parse_head_httparse(&bytes[..len]),
+            Ok(head),
+            "{:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn parse_simple_takes_common_heads_and_agrees_with_httparse() {
+    let taken: &[&[u8]] = &[
+        GET,
+        b"GET /plaintext HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"POST /a?b=c HTTP/1.1\r\nContent-Length: 5\r\ncontent-length:5 \r\n\r\nhello",
+        b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\nX:\t y \r\n\r\n",
+        b"DELETE * HTTP/1.1\r\nConnection: foo, close\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    ];
+    for bytes in taken {
+        assert!(
+            http::parse_simple(bytes).is_some(),
+            "{:?} not taken",
+            String::from_utf8_lossy(bytes)
+        );
+        check_simple_agrees(bytes).unwrap();
+    }
+    // Left to httparse: other bytes and shapes, refusals, incomplete heads.
+    let left: &[&[u8]] = &[
+        b"get / HTTP/1.1\r\n\r\n",
+        b"GET  / HTTP/1.1\r\n\r\n",
+        b"GET /\xc3\xa9 HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/2.0\r\n\r\n",
+        b"GET / HTTP/1.1\n\n",
+        b"\r\nGET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: \x7f\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n",
+    ];
+    for bytes in left {
+        assert!(
+            http::parse_simple(bytes).is_none(),
+            "{:?} taken",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
+    long.resize(MAX_HEAD - 3, b'a');
+    long.extend_from_slice(b"\r\n\r\n");
+    assert!(http::parse_simple(&long).is_none(), "a head over MAX_HEAD");
+    long.truncate(MAX_HEAD - 5);
+    long.extend_from_slice(b"\r\n\r\n");
+    assert!(http::parse_simple(&long).is_some(), "a head of MAX_HEAD");
+}
+
+/// A byte from the places where the one-pass path and httparse could disagree.
+fn edge_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        4 => prop::sample::select(b"aZ0/?:;,=-_.~\"(){} \t\r\n".to_vec()),
+        1 => any::<u8>(),
+    ]
+}
+
+fn head_part() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::sample::select(vec![
+            b"GET".to_vec(),
+            b"POST".to_vec(),
+            b"get".to_vec(),
+            b" ".to_vec(),
+            b"/".to_vec(),
+            b" HTTP/1.1\r\n".to_vec(),
+            b" HTTP/1.0\r\n".to_vec(),
+            b"\r\n".to_vec(),
+            b"Content-Length: ".to_vec(),
+            b"Transfer-Encoding: chunked".to_vec(),
+            b"Connection: ".to_vec(),
+            b"close".to_vec(),
+            b"keep-alive".to_vec(),
+            b"Host: x".to_vec(),
+            b"12".to_vec(),
+            b": ".to_vec(),
+        ]),
+        proptest::collection::vec(edge_byte(), 1..4),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Heads near the common shape, with stray bytes anywhere.
+    #[test]
+    fn parse_simple_agrees_with_httparse(
+        parts in proptest::collection::vec(head_part(), 0..24),
+    ) {
+        let mut bytes = b"GET / HTTP/1.1\r\n".to_vec();
+        for p in &parts {
+            bytes.extend_from_slice(p);
+        }
+        bytes.extend_from_slice(b"\r\n\r\n");
+        check_simple_agrees(&bytes)?;
+        // The same parts as the whole head, request line included.
+        let whole: Vec<u8> = parts.concat();
+        check_simple_agrees(&whole)?;
+    }
+}

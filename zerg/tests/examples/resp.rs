@@ -137,7 +137,10 @@ fn decoder_limits_are_exact() {
         }
         s
     };
-    assert_eq!(decode(&[&array(4)], limits), vec![args(&[b"a".as_slice(); 4])]);
+    assert_eq!(
+        decode(&[&array(4)], limits),
+        vec![args(&[b"a".as_slice(); 4])]
+    );
     assert_eq!(
         decode(&[&array(5)], limits),
         vec![Err(ProtocolError::MultibulkLength)]

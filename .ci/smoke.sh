@@ -212,6 +212,36 @@ check_proxy() { # proxy args...: an echo upstream, the proxy in front, 1 MiB thr
   fi
 }
 
+check_metrics() { # name args...: --metrics-port serves Prometheus text that counts wrk's traffic
+  local name=$1; shift
+  local mport=$((port + 1000)) url="http://127.0.0.1:$port/"
+  "$bin/$name" --port "$port" --metrics-port "$mport" "$@" >/tmp/zerg-smoke-$name-metrics.log 2>&1 &
+  local pid=$!
+  for _ in $(seq 50); do curl -s -o /dev/null "$url" && break; sleep 0.1; done
+  # Bytes of one response (head and body): every response wrk counted was sent whole.
+  local size; size=$(curl -s --max-time 5 -o /dev/null -w '%{size_header} %{size_download}' "$url" \
+    | awk '{printf "%d", $1 + $2}' || true)
+  local out; out=$(wrk -t1 -c64 -d2s --timeout 2s "$url" 2>&1 || true)
+  local reqs; reqs=$(awk '/ requests in / {print $1}' <<<"$out")
+  local text; text=$(curl -s --max-time 5 "http://127.0.0.1:$mport/metrics" || true)
+  local sum='{s += $2} END {printf "%d", s}'
+  local sent; sent=$(awk "/^zerg_sent_bytes_total[{]/ $sum" <<<"$text")
+  local opened; opened=$(awk "/^zerg_connections_opened_total[{]/ $sum" <<<"$text")
+  kill -INT "$pid" 2>/dev/null || true
+  local rc=0; wait "$pid" || rc=$?
+  # wrk's 64 connections and curl's were opened; at least requests x size bytes were sent.
+  local ok=ok
+  if [[ -z "$reqs" || "$reqs" -le 0 || "$size" -le 0 || "$sent" -lt $((reqs * size)) \
+        || "$opened" -lt 66 ]] \
+     || ! grep -q '^# TYPE zerg_connections gauge$' <<<"$text"; then
+    ok=FAIL
+  fi
+  printf '%-10s %-40s metrics=%-4s requests=%-9s sent=%-11s (>= %s x %s) opened=%-5s exit=%s\n' \
+    "$name" "--metrics-port $*" "$ok" "$reqs" "$sent" "$reqs" "$size" "$opened" "$rc"
+  if [[ "$ok" != ok || "$rc" != 0 ]]; then fail=1; cat /tmp/zerg-smoke-$name-metrics.log; fi
+  port=$((port + 1))
+}
+
 check_http raw
 check_http raw --reactors 2
 check_http raw --mode runtime --accept dedicated --incremental
@@ -229,6 +259,9 @@ for ex in pipereader stream hyper codec axum; do
     check_http "$ex" --mode runtime --accept dedicated --reactors 2
   fi
 done
+check_metrics raw
+check_metrics raw --mode reactor --accept per-reactor --reactors 2
+if [[ -x "$bin/hyper" ]]; then check_metrics hyper --mode reactor; fi
 if [[ -x "$bin/tls" ]]; then
   check_https
   check_https --mode runtime --accept dedicated --reactors 2

@@ -34,6 +34,10 @@
 //! --incremental, --mode reactor|runtime, --accept per-reactor|dedicated, --workers, --sqpoll,
 //! --max-connections, --write-timeout (default 30 s), --header-timeout (60 s), --read-timeout
 //! (off), --idle-timeout (75 s); 0 turns a timeout off. SIGINT/SIGTERM stop it.
+//!
+//! Metrics: `--metrics-port 9090` (built with `--features prometheus`) serves the engine's
+//! counters as Prometheus text at `http://IP:9090/metrics` (IP: `--ip`, default all addresses):
+//! `cargo run --release --example hyper --features tokio,hyper,prometheus -- --metrics-port 9090`.
 
 mod common;
 mod hyper_rt;

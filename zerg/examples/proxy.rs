@@ -39,7 +39,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Args, Kind, Mode, Stop};
+use common::{Args, Kind, Mode};
 use proxy_copy::{Outcome, proxy};
 use zerg_uring::{Connection, Engine, Error};
 
@@ -118,7 +118,7 @@ fn count(outcome: &Outcome) {
         }
         Outcome::ConnectFailed(e) => {
             if COUNTERS.connect_failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                eprintln!("warning: {e} (further failures are only counted)");
+                tracing::warn!(error = %e, "upstream connect failed (further failures are only counted)");
             }
         }
         Outcome::Failed(e) => {
@@ -157,31 +157,14 @@ fn main() {
             };
             common::run_reactor(&args, || Engine::serve(options, handler));
         }
-        Mode::Runtime => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(args.workers.max(1))
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            rt.block_on(async {
-                // Listen for signals before the server starts, so none is missed.
-                let mut stop = Stop::new();
-                let engine = common::start(&args, || Engine::listen(options));
-                loop {
-                    tokio::select! {
-                        conn = engine.accept() => match conn {
-                            Some(client) => {
-                                let up = engine.connect_timeout(upstream, timeout);
-                                tokio::spawn(async move { count(&proxy(client, up).await) });
-                            }
-                            None => break,
-                        },
-                        _ = stop.recv() => break,
-                    }
-                }
-                common::finish(engine);
-            });
-        }
+        Mode::Runtime => common::run_runtime(
+            &args,
+            || Engine::listen(options),
+            |engine, client| {
+                let up = engine.connect_timeout(upstream, timeout);
+                tokio::spawn(async move { count(&proxy(client, up).await) });
+            },
+        ),
     }
     let c = &COUNTERS;
     println!(

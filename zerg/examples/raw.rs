@@ -23,6 +23,14 @@
 //! --incremental, --mode reactor|runtime, --accept per-reactor|dedicated, --workers, --sqpoll,
 //! --max-connections, and the timeouts: --write-timeout (default 30 s), --header-timeout (60 s),
 //! --read-timeout (off), --idle-timeout (75 s); 0 turns one off. SIGINT/SIGTERM stop it.
+//!
+//! Metrics: `--metrics-port 9090` (built with `--features prometheus`) serves the engine's
+//! counters as Prometheus text at `http://IP:9090/metrics` (IP: `--ip`, default all addresses):
+//!
+//! ```text
+//! cargo run --release --example raw --features prometheus -- --metrics-port 9090
+//! curl -s http://127.0.0.1:9090/metrics | grep zerg_connections
+//! ```
 
 mod common;
 

@@ -5,9 +5,10 @@
 //!
 //! `zerg-bench zerg --port P --workload http|echo [--buf-size N]
 //!                  [--mode reactor|runtime] [--accept dedicated|per-reactor] [--incremental]
-//!                  [--reactors N] [--timeouts]` (N > 1: the scaling rows; one reactor per
-//!                  server CPU. `--timeouts`: every connection timeout armed — read, idle,
-//!                  request, write — to measure what checking them costs)
+//!                  [--reactors N] [--timeouts] [--min-wait USEC]` (N > 1: the scaling rows;
+//!                  one reactor per server CPU. `--timeouts`: every connection timeout armed —
+//!                  read, idle, request, write — to measure what checking them costs.
+//!                  `--min-wait`: `ReactorConfig::min_wait`, batching completions in each wait)
 
 use zerg_uring::{AcceptMode, Connection, Engine, EngineOptions, ReactorConfig};
 
@@ -26,6 +27,7 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     let ring_bytes = crate::args::size_opt(&mut args, "ring-bytes", RING_BYTES)?;
     let reactors: usize = args.get("reactors", 1)?;
     let timeouts = args.flag("timeouts")?;
+    let min_wait: u64 = args.get("min-wait", 0)?;
     if reactors == 0 {
         return Err("--reactors must be > 0".into());
     }
@@ -54,6 +56,7 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
             rc.write_timeout,
         ) = (t, t, t, t);
     }
+    rc.min_wait = (min_wait > 0).then(|| std::time::Duration::from_micros(min_wait));
     let mut eo = EngineOptions::with_port(opts.port);
     eo.ip = std::net::Ipv4Addr::LOCALHOST.into();
     eo.backlog = proto::BACKLOG;

@@ -1,9 +1,11 @@
 //! Shared by the examples: command-line flags (`lexopt`), logging (`tracing-subscriber`), the
 //! timeouts and limits, the run loop for both handler modes, signals, and answering and closing
-//! HTTP connections. Request framing is in [`http`].
+//! HTTP connections. Request framing is in [`http`], the `--metrics-port` endpoint in
+//! [`metrics`].
 #![allow(dead_code, unreachable_pub)]
 
 pub mod http;
+pub mod metrics;
 
 use std::future::Future;
 use std::time::Duration;
@@ -84,6 +86,8 @@ pub struct Args {
     /// reactor's request timeout stays off.
     pub request_timeout_applied: bool,
     pub kind: Kind,
+    /// `--metrics-port`: serve Prometheus metrics there ([`metrics`]).
+    pub metrics_port: Option<u16>,
 }
 
 /// The flags, for `--help` and errors. HTTP examples add `--header-timeout`, RESP ones
@@ -108,6 +112,8 @@ pub const USAGE: &str = "flags:
                             the idle and header timeouts cover HTTP)
   --idle-timeout SECS       close a connection that sent and received nothing for SECS
                             (default 75; 0: off)
+  --metrics-port N          serve Prometheus metrics at http://IP:N/metrics, IP being --ip
+                            (default: all addresses); needs --features prometheus
 logging: RUST_LOG (tracing-subscriber EnvFilter syntax), default \"info\"; logs go to stderr";
 
 const HTTP_USAGE: &str = "HTTP flags:
@@ -179,6 +185,7 @@ impl Args {
             max_connections: None,
             request_timeout_applied: false,
             kind,
+            metrics_port: None,
         };
         let mut p = lexopt::Parser::from_iter(args);
         while let Some(arg) = p.next()? {
@@ -223,6 +230,12 @@ impl Args {
                 "idle-timeout" => a.idle_timeout = secs(p.value()?.parse()?),
                 flag if kind.request_timeout_flag() == Some(flag) => {
                     a.request_timeout = secs(p.value()?.parse()?)
+                }
+                "metrics-port" if metrics::AVAILABLE => a.metrics_port = Some(p.value()?.parse()?),
+                "metrics-port" => {
+                    return Err("--metrics-port needs the prometheus feature: \
+                                cargo run --example NAME --features prometheus -- --metrics-port N"
+                        .into());
                 }
                 _ => return Err(Long(&name).unexpected()),
             }
@@ -314,35 +327,58 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     match args.mode {
-        Mode::Runtime => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(args.workers.max(1))
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            rt.block_on(async move {
-                // Listen for signals before the server starts, so none is missed.
-                let mut stop = Stop::new();
-                let engine = start(args, || Engine::listen(options));
-                loop {
-                    tokio::select! {
-                        conn = engine.accept() => match conn {
-                            Some(conn) => { tokio::spawn(handler(conn)); }
-                            None => break,
-                        },
-                        _ = stop.recv() => break,
-                    }
-                }
-                finish(engine);
-            });
-        }
+        Mode::Runtime => run_runtime(
+            args,
+            || Engine::listen(options),
+            |_, conn| {
+                tokio::spawn(handler(conn));
+            },
+        ),
         Mode::Reactor => run_reactor(args, || Engine::serve(options, handler)),
     }
+}
+
+/// Runtime mode: starts the engine with `listen` (`Engine::listen`) on a multi-threaded tokio
+/// runtime of `--workers` threads, hands every accepted connection to `on_accept` (which spawns
+/// its task) until SIGINT or SIGTERM, then stops the engine like [`run`].
+pub fn run_runtime(
+    args: &Args,
+    listen: impl FnOnce() -> zerg_uring::Result<Engine>,
+    mut on_accept: impl FnMut(&Engine, Connection),
+) {
+    // Bound before the engine starts: a taken port fails before anything runs.
+    let metrics = metrics::Endpoint::bind(args);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers.max(1))
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        // Listen for signals before the server starts, so none is missed.
+        let mut stop = Stop::new();
+        let engine = start(args, listen);
+        if let Some(m) = metrics {
+            m.serve(&engine);
+        }
+        loop {
+            tokio::select! {
+                conn = engine.accept() => match conn {
+                    Some(conn) => on_accept(&engine, conn),
+                    None => break,
+                },
+                _ = stop.recv() => break,
+            }
+        }
+        engine.shutdown(GRACE);
+        done(engine.join_async().await);
+    });
 }
 
 /// Reactor mode: starts the engine with `serve` (`Engine::serve` or `Engine::serve_with_state`),
 /// runs until SIGINT or SIGTERM, then stops it like [`run`].
 pub fn run_reactor(args: &Args, serve: impl FnOnce() -> zerg_uring::Result<Engine>) {
+    // Bound before the engine starts: a taken port fails before anything runs.
+    let metrics = metrics::Endpoint::bind(args);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -352,8 +388,15 @@ pub fn run_reactor(args: &Args, serve: impl FnOnce() -> zerg_uring::Result<Engin
         Stop::new()
     };
     let engine = start(args, serve);
+    if let Some(m) = metrics {
+        // The metrics run on this runtime, driven while it waits for the signal.
+        let _in_runtime = rt.enter();
+        m.serve(&engine);
+    }
     rt.block_on(stop.recv());
-    finish(engine);
+    // Off the runtime: a blocking join is fine on this thread.
+    engine.shutdown(GRACE);
+    done(engine.join());
 }
 
 /// Starts the engine with `listen` and prints where it listens; exits with the error if it
@@ -412,11 +455,12 @@ fn port_is_free(args: &Args) -> std::io::Result<()> {
     socket.bind(&addr.into())
 }
 
-/// Stops the engine, giving connections half a second, and joins it; exits 1 if a thread of it
-/// failed.
-pub fn finish(engine: Engine) {
-    engine.shutdown(Duration::from_millis(500));
-    match engine.join() {
+/// How long connections get to finish once a signal came.
+pub const GRACE: Duration = Duration::from_millis(500);
+
+/// Reports how the engine ended; exits 1 if a thread of it failed.
+fn done(joined: zerg_uring::Result<()>) {
+    match joined {
         Ok(()) => println!("stopped"),
         Err(e) => {
             eprintln!("error: {e}");

@@ -76,6 +76,22 @@ impl Connection {
         crate::sys::peer_addr(self.shared.fd)
     }
 
+    /// The local address of the connection: the address the client connected to, which tells
+    /// the listeners apart when the engine accepts on several
+    /// ([`EngineOptions::listeners`](crate::EngineOptions::listeners)).
+    ///
+    /// # Errors
+    ///
+    /// The `getsockname(2)` error, or `NotConnected` once the engine closed the socket.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        let st = self.shared.lock();
+        if st.fd_closed {
+            return Err(std::io::ErrorKind::NotConnected.into());
+        }
+        // The lock keeps the reactor from closing the descriptor meanwhile.
+        crate::sys::local_addr(self.shared.fd)
+    }
+
     /// Why the connection is closed for reading, once it is and everything received was read.
     pub fn close_reason(&self) -> Option<CloseReason> {
         let st = self.shared.lock();

@@ -14,7 +14,7 @@ use memchr::memmem::Finder;
 use crate::buf_ring::RecvItem;
 use crate::error::CloseReason;
 
-use super::{ConnShared, Connection};
+use super::{ConnShared, Connection, shared};
 
 impl Connection {
     /// Waits until bytes arrived or the connection closed, then takes everything received so far
@@ -24,6 +24,13 @@ impl Connection {
     /// The snapshot owns its receive buffers and hands them back to the kernel when dropped (or
     /// [`released`](ReadSnapshot::release)), so the next `read` needs no reset call; `&mut self`
     /// keeps reads one at a time.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: bytes are taken from the connection only when the future resolves, so
+    /// dropping it before (in a `select!` with a timer, say) loses nothing — the next `read`
+    /// returns them. Time spent waiting in a dropped read does not count against
+    /// [`read_timeout`](crate::ReactorConfig::read_timeout).
     pub fn read(&mut self) -> Read<'_> {
         Read {
             conn: self,
@@ -32,7 +39,7 @@ impl Connection {
     }
 }
 
-/// Future of [`Connection::read`].
+/// Future of [`Connection::read`]. Cancel-safe (see there).
 #[must_use = "futures do nothing unless polled"]
 pub struct Read<'a> {
     conn: &'a mut Connection,
@@ -43,6 +50,9 @@ pub struct Read<'a> {
 impl Drop for Read<'_> {
     fn drop(&mut self) {
         if self.waiting {
+            // A read woken and dropped instead of polled (a `select!` took another branch) still
+            // delivers what the reactor handed over.
+            self.conn.shared.reactor.deliver_wakes();
             // Nobody waits any more: time from here on does not count against the read timeout.
             self.conn.shared.lock().read_since = None;
         }
@@ -75,13 +85,20 @@ impl Connection {
     /// the timeout's clock and the next `Ready` stops it.
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<ReadSnapshot> {
         let shared = &self.shared;
+        // Wake-ups the reactor handed over for this thread to deliver (docs/architecture.md,
+        // "Requests and wake-ups").
+        shared.reactor.deliver_wakes();
         let mut st = shared.lock();
         if !st.recv.is_empty() || st.read_end.is_some() {
             st.read_since = None;
         }
         if !st.recv.is_empty() {
             let mut items = std::mem::take(&mut st.spare);
-            items.extend(st.recv.drain(..));
+            // Two slice copies, not an element-by-element drain.
+            let (a, b) = st.recv.as_slices();
+            items.extend_from_slice(a);
+            items.extend_from_slice(b);
+            st.recv.clear();
             st.in_cycle = true;
             drop(st);
             return Poll::Ready(ReadSnapshot {
@@ -99,10 +116,7 @@ impl Connection {
                 closed: Some(reason),
             });
         }
-        match &mut st.read_waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
+        st.read_remote = shared::register(&mut st.read_waker, cx.waker(), &shared.reactor);
         if shared.reactor.stamp_reads && st.read_since.is_none() {
             st.read_since = Some(shared.reactor.clock.now_ms());
         }
@@ -195,7 +209,7 @@ impl ReadSnapshot {
     }
 
     /// Takes the next receive buffer for low-level processing (C# zerg: `TryGetRing`). The
-    /// item returns its buffer to the kernel when dropped or [`returned`](RecvBuffer::release);
+    /// item returns its buffer to the kernel when dropped or [`released`](RecvBuffer::release);
     /// take the next one after that.
     #[doc(alias = "TryGetRing")]
     pub fn next_buffer(&mut self) -> Option<RecvBuffer<'_>> {
@@ -348,6 +362,21 @@ impl RecvBuffer<'_> {
     /// Hands the buffer back to the kernel (C# zerg: `ReturnRing`); same as dropping the item.
     #[doc(alias = "ReturnRing")]
     pub fn release(self) {}
+}
+
+/// The received bytes, as [`as_slice`](RecvBuffer::as_slice).
+impl std::ops::Deref for RecvBuffer<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl AsRef<[u8]> for RecvBuffer<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
 }
 
 impl Drop for RecvBuffer<'_> {

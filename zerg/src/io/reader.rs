@@ -30,7 +30,7 @@ use crate::error::{CloseReason, Error};
 /// Writing goes through the connection: [`ReaderResult::connection`] (while the view is alive,
 /// say to write bytes straight from it) or [`get_mut`](Self::get_mut), for
 /// [`write`](Connection::write) and [`flush`](Connection::flush).
-/// [`complete`](Self::into_inner) (C# zerg: `Complete`) returns every held buffer and hands the
+/// [`into_inner`](Self::into_inner) (C# zerg: `Complete`) returns every held buffer and hands the
 /// connection back.
 ///
 /// With the `tokio` or `futures-io` feature the reader also implements `AsyncBufRead` (one
@@ -82,7 +82,7 @@ use crate::error::{CloseReason, Error};
 ///             Ok::<(), zerg_uring::Error>(())
 ///         });
 ///     }
-///     engine.join()
+///     engine.join_async().await
 /// }
 /// ```
 pub struct ConnectionReader {
@@ -127,6 +127,11 @@ impl ConnectionReader {
     /// Returns at once when the previous view was not examined to its end, or when the
     /// connection is completed (the view then holds whatever was left unconsumed; it never grows
     /// again). Otherwise waits for new bytes.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: bytes that arrive while the future waits are kept in the reader, so
+    /// dropping it loses nothing — the next `read` returns them in its view.
     pub fn read(&mut self) -> ReaderRead<'_> {
         ReaderRead { reader: Some(self) }
     }
@@ -189,7 +194,7 @@ impl ConnectionReader {
         } else {
             return false;
         };
-        tracing::debug!(reactor = shared.index, slot = self.conn.id().slot(), %error, "reader gave up");
+        tracing::debug!(reactor = shared.index, conn = %self.conn.id(), %error, "reader gave up");
         self.inbound.consume(held);
         self.too_large = Some(error);
         true
@@ -262,7 +267,7 @@ impl fmt::Debug for ConnectionReader {
     }
 }
 
-/// Future of [`ConnectionReader::read`].
+/// Future of [`ConnectionReader::read`]. Cancel-safe (see there).
 #[must_use = "futures do nothing unless polled"]
 pub struct ReaderRead<'a> {
     reader: Option<&'a mut ConnectionReader>,

@@ -106,6 +106,16 @@ pub(crate) fn peer_addr(fd: RawFd) -> io::Result<std::net::SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "peer is not an IP socket"))
 }
 
+/// The local address of a socket.
+pub(crate) fn local_addr(fd: RawFd) -> io::Result<std::net::SocketAddr> {
+    // SAFETY: the caller guarantees `fd` is an open socket for the duration of this call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "socket is not an IP socket"))
+}
+
 /// A close-on-exec duplicate of `fd`.
 pub(crate) fn dup(fd: RawFd) -> io::Result<OwnedFd> {
     // fcntl(2) F_DUPFD_CLOEXEC with integer arguments only.

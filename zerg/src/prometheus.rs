@@ -163,6 +163,8 @@ const REACTOR: &[Series] = &[
     bytes("received", "bytes_received"),
     bytes("sent", "bytes_sent"),
     counter("wakeups", "wakeups"),
+    counter("wakes_relayed", "wakes_relayed"),
+    counter("relay_fallbacks", "relay_fallbacks"),
     counter("handler_panics", "handler_panics"),
     timeout("read_timeouts", "read"),
     timeout("idle_timeouts", "idle"),

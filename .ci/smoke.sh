@@ -19,6 +19,7 @@ rc=
 # (and shows the log) when it printed no `listening on` line within 10 s.
 launch() {
   local log=$1 name=$2; shift 2
+  : >"$log" # created before the server starts, so the first look finds it
   "$bin/$name" --ip 127.0.0.1 --port 0 "$@" >"$log" 2>&1 &
   pid=$!
   port=
@@ -214,32 +215,35 @@ check_proxy() { # proxy args...: an echo upstream, the proxy in front, 1 MiB thr
 
 check_metrics() { # name args...: --metrics-port serves Prometheus text that counts wrk's traffic
   local name=$1; shift
-  local mport=$((port + 1000)) url="http://127.0.0.1:$port/"
-  "$bin/$name" --port "$port" --metrics-port "$mport" "$@" >/tmp/zerg-smoke-$name-metrics.log 2>&1 &
-  local pid=$!
-  for _ in $(seq 50); do curl -s -o /dev/null "$url" && break; sleep 0.1; done
+  local log=$logs/$name-metrics.log
+  # --metrics-port 0: a free port, printed like the server's.
+  launch "$log" "$name" --metrics-port 0 "$@" || return 0
+  local url="http://127.0.0.1:$port/" murl=
+  for _ in $(seq 50); do # printed just after the `listening on` line
+    murl=$(sed -n 's/^metrics on \(http:[^ ]*\)$/\1/p' "$log" | head -n 1)
+    [[ -n $murl ]] && break
+    sleep 0.1
+  done
   # Bytes of one response (head and body): every response wrk counted was sent whole.
   local size; size=$(curl -s --max-time 5 -o /dev/null -w '%{size_header} %{size_download}' "$url" \
     | awk '{printf "%d", $1 + $2}' || true)
   local out; out=$(wrk -t1 -c64 -d2s --timeout 2s "$url" 2>&1 || true)
   local reqs; reqs=$(awk '/ requests in / {print $1}' <<<"$out")
-  local text; text=$(curl -s --max-time 5 "http://127.0.0.1:$mport/metrics" || true)
+  local text; text=$(curl -s --max-time 5 "$murl" || true)
   local sum='{s += $2} END {printf "%d", s}'
   local sent; sent=$(awk "/^zerg_sent_bytes_total[{]/ $sum" <<<"$text")
   local opened; opened=$(awk "/^zerg_connections_opened_total[{]/ $sum" <<<"$text")
-  kill -INT "$pid" 2>/dev/null || true
-  local rc=0; wait "$pid" || rc=$?
+  stop
   # wrk's 64 connections and curl's were opened; at least requests x size bytes were sent.
   local ok=ok
-  if [[ -z "$reqs" || "$reqs" -le 0 || "$size" -le 0 || "$sent" -lt $((reqs * size)) \
-        || "$opened" -lt 66 ]] \
+  if [[ -z "$murl" || -z "$reqs" || "$reqs" -le 0 || "${size:-0}" -le 0 \
+        || "${sent:-0}" -lt $((reqs * size)) || "${opened:-0}" -lt 65 ]] \
      || ! grep -q '^# TYPE zerg_connections gauge$' <<<"$text"; then
     ok=FAIL
   fi
   printf '%-10s %-40s metrics=%-4s requests=%-9s sent=%-11s (>= %s x %s) opened=%-5s exit=%s\n' \
     "$name" "--metrics-port $*" "$ok" "$reqs" "$sent" "$reqs" "$size" "$opened" "$rc"
-  if [[ "$ok" != ok || "$rc" != 0 ]]; then fail=1; cat /tmp/zerg-smoke-$name-metrics.log; fi
-  port=$((port + 1))
+  if [[ "$ok" != ok || "$rc" != 0 ]]; then fail=1; cat "$log"; fi
 }
 
 check_http raw
@@ -260,8 +264,9 @@ for ex in pipereader stream hyper codec axum; do
   fi
 done
 check_metrics raw
-check_metrics raw --mode reactor --accept per-reactor --reactors 2
-if [[ -x "$bin/hyper" ]]; then check_metrics hyper --mode reactor; fi
+check_metrics raw --mode runtime --accept dedicated --reactors 2
+if [[ -x "$bin/hyper" ]]; then check_metrics hyper; fi
+if [[ -x "$bin/axum" ]]; then check_metrics axum --mode runtime; fi
 if [[ -x "$bin/tls" ]]; then
   check_https
   check_https --mode runtime --accept dedicated --reactors 2

@@ -107,7 +107,7 @@ static COUNTERS: Counters = Counters {
     write_timeouts: AtomicU64::new(0),
 };
 
-/// Counts `outcome`. The first upstream connect failure is printed (the upstream may be down or
+/// Counts `outcome`. The first upstream connect failure is logged (the upstream may be down or
 /// misconfigured); later ones, and pairs failing (a reset, a write timeout), are only counted.
 fn count(outcome: &Outcome) {
     match outcome {
@@ -118,7 +118,7 @@ fn count(outcome: &Outcome) {
         }
         Outcome::ConnectFailed(e) => {
             if COUNTERS.connect_failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                tracing::warn!(error = %e, "upstream connect failed (further failures are only counted)");
+                tracing::warn!(error = %e, "upstream connect failed (later ones are only counted)");
             }
         }
         Outcome::Failed(e) => {

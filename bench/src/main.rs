@@ -13,7 +13,8 @@
 //! zerg-bench tokio       --port P --workload http|echo [--buf-size N] [--threads N]
 //! zerg-bench monoio      --port P --workload http|echo [--buf-size N] [--coop-taskrun] [--threads N]
 //! zerg-bench zerg        --port P --workload http|echo [--buf-size N] [--mode reactor|runtime]
-//!                        [--accept dedicated|per-reactor] [--incremental] [--reactors N]
+//!                        [--accept dedicated|per-reactor] [--incremental] [--bundle]
+//!                        [--fixed-ring] [--reactors N]
 //! zerg-bench tokio-proxy --port P --upstream HOST:PORT
 //! zerg-bench tokio-resp  --port P
 //! zerg-bench tokio-hyper --port P [--tls]
@@ -72,7 +73,8 @@ const USAGE: &str = "usage:
   zerg-bench tokio       --port P --workload http|echo [--buf-size N] [--threads N]
   zerg-bench monoio      --port P --workload http|echo [--buf-size N] [--coop-taskrun] [--threads N]
   zerg-bench zerg        --port P --workload http|echo [--buf-size N] [--mode reactor|runtime]
-                         [--accept dedicated|per-reactor] [--incremental] [--reactors N]
+                         [--accept dedicated|per-reactor] [--incremental] [--bundle]
+                         [--fixed-ring] [--reactors N]
   zerg-bench tokio-proxy --port P --upstream HOST:PORT
   zerg-bench tokio-resp  --port P
   zerg-bench tokio-hyper --port P [--tls]

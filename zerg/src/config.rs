@@ -8,26 +8,33 @@
 //!
 //! # Memory
 //!
-//! Receive memory is reserved per reactor, up front, as one provided-buffer ring:
+//! Receive memory is address space reserved per reactor, up front, for one provided-buffer ring;
+//! only the buffers in circulation take memory ([`RecvRingConfig`]):
 //!
 //! ```text
-//! receive memory per reactor = buffer_ring_entries × recv_buffer_size
-//! engine receive memory      = Σ over reactors
+//! reserved per reactor  = buffer_ring_entries × recv_buffer_size      (address space)
+//! circulating at start  = initial buffers × recv_buffer_size           (8 MiB by default)
 //! ```
 //!
-//! The defaults (4096 × 16 KiB) reserve **64 MiB of virtual memory per reactor**; pages become
-//! resident only once the kernel has written into them. (The C# defaults, 16384 × 32 KiB, reserve
-//! 512 MiB per reactor.) On top of that each ring costs `ring_entries × 64 B` of submission queue
-//! and twice that count × 16 B of completion queue, and each connection a few hundred bytes plus
-//! its write buffer while a response is staged.
+//! The defaults (4096 × 16 KiB) reserve 64 MiB of address space per reactor and put 512 buffers
+//! (8 MiB) in circulation; a reactor under load grows to the whole ring and shrinks back when
+//! idle. Pages become resident only once the kernel has written into them. (The C# defaults,
+//! 16384 × 32 KiB, committed 512 MiB per reactor.) On top of that each ring costs
+//! `ring_entries × 64 B` of submission queue and twice that count × 16 B of completion queue,
+//! and each connection a few hundred bytes plus its write buffer while a response is staged.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use crate::error::{ConfigError, Result};
 
+mod acceptor;
 mod limits;
 mod listen;
+mod recv_ring;
+
+pub use acceptor::AcceptorConfig;
+pub use recv_ring::RecvRingConfig;
 
 /// Which addresses the listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -277,9 +284,10 @@ pub struct ReactorConfig {
     /// Size of each receive buffer in bytes. Bigger buffers mean fewer completions for large
     /// payloads; smaller ones waste less memory on small messages. Default: 16 KiB.
     pub recv_buffer_size: u32,
-    /// Number of receive buffers in the provided-buffer ring (power of two, at most 32768).
-    /// More buffers serve more concurrently-active connections before `-ENOBUFS` back-pressure;
-    /// the ring costs `buffer_ring_entries × recv_buffer_size` bytes. Default: `4096`.
+    /// Room for receive buffers in the provided-buffer ring (power of two, at most 32768): the
+    /// most that circulate once the ring has grown ([`RecvRingConfig`]). More buffers serve more
+    /// concurrently-active connections before `-ENOBUFS` back-pressure; the ring reserves
+    /// `buffer_ring_entries × recv_buffer_size` bytes of address space. Default: `4096`.
     pub buffer_ring_entries: u32,
     /// Most completions handled per loop iteration. Higher values batch more work per wake-up
     /// (throughput); lower values return to submitting sooner (latency). Default: `4096`.
@@ -306,6 +314,10 @@ pub struct ReactorConfig {
     /// the ring once the kernel has moved past it and every piece of it was returned.
     /// Default: `false`.
     pub incremental_buffer_consumption: bool,
+    /// How many buffers circulate, how the ring grows and shrinks, and receive bundles: see
+    /// [`RecvRingConfig`]. Default: 8 MiB of buffers at start, shrinking back after 5 s of
+    /// light use; bundles off.
+    pub recv_ring: RecvRingConfig,
     /// Most receive buffers (pieces, in incremental mode) one connection may hold before its
     /// receive pauses: received bytes not yet dropped by the handler, and bytes staged with
     /// [`write_snapshot`](crate::Connection::write_snapshot) until they are sent. A handler that
@@ -385,6 +397,7 @@ impl ReactorConfig {
         cq_timeout: None,
         min_wait: None,
         incremental_buffer_consumption: false,
+        recv_ring: RecvRingConfig::DEFAULT,
         max_buffers_per_connection: 0,
         max_recv_bytes_per_connection: 256 * 1024,
         recv_reserve_buffers: 0,
@@ -396,7 +409,8 @@ impl ReactorConfig {
         cpu: None,
     };
 
-    /// Receive memory this reactor reserves: `buffer_ring_entries × recv_buffer_size`.
+    /// Receive memory this reactor reserves as address space (the most it circulates):
+    /// `buffer_ring_entries × recv_buffer_size`.
     pub fn receive_memory(&self) -> usize {
         self.buffer_ring_entries as usize * self.recv_buffer_size as usize
     }
@@ -410,6 +424,11 @@ impl ReactorConfig {
     /// The ring reserve in effect (resolves `0` to `buffer_ring_entries / 16`).
     pub fn effective_recv_reserve_buffers(&self) -> u32 {
         limits::reserve(self)
+    }
+
+    /// Buffers in circulation at start (resolves `recv_ring.initial_buffers = 0`).
+    pub fn effective_initial_recv_buffers(&self) -> u32 {
+        recv_ring::initial_buffers(self)
     }
 
     /// Checks this reactor configuration.
@@ -466,6 +485,7 @@ impl ReactorConfig {
             return e("max_connections_per_reactor", "must be at least 1".into());
         }
         limits::validate(self)?;
+        recv_ring::validate(self)?;
         if self.max_write_buffer == 0 {
             return e("max_write_buffer", "must be at least 1 byte".into());
         }
@@ -495,92 +515,6 @@ impl ReactorConfig {
 impl Default for ReactorConfig {
     fn default() -> Self {
         Self::DEFAULT
-    }
-}
-
-/// Configuration of the acceptor thread (C# zerg: `AcceptorConfig`).
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct AcceptorConfig {
-    /// `IORING_SETUP_SINGLE_ISSUER` for the acceptor ring. Default: `true`.
-    pub single_issuer: bool,
-    /// `IORING_SETUP_DEFER_TASKRUN` for the acceptor ring (needs `single_issuer`, excludes
-    /// `sqpoll`). Default: `true`.
-    pub defer_taskrun: bool,
-    /// `IORING_SETUP_SQPOLL` for the acceptor ring. Rarely worth a core for accepts.
-    /// Default: `false`.
-    pub sqpoll: bool,
-    /// `IORING_SETUP_SQ_AFF`: CPU of the acceptor's SQPOLL thread. Default: `None`.
-    pub sq_cpu: Option<u32>,
-    /// SQPOLL idle time before the kernel thread sleeps. Default: 100 ms.
-    pub sq_thread_idle: Duration,
-    /// Acceptor submission queue size (each accepted connection costs one hand-off entry).
-    /// Default: `1024`.
-    pub ring_entries: u32,
-    /// Most accepts handled per loop iteration before hand-offs are submitted. Higher batches
-    /// more under connection storms; lower hands connections over sooner. Default: `4096`.
-    pub batch_sqes: u32,
-    /// Upper bound on one wait. `None` (the default) waits until a connection or a stop request
-    /// arrives.
-    pub cq_timeout: Option<Duration>,
-    /// IPv4, IPv6 or dual stack. Default: [`IpVersion::Ipv6DualStack`].
-    pub ip_version: IpVersion,
-    /// Delay before accepting again after the process ran out of file descriptors
-    /// (`EMFILE`/`ENFILE`). Longer wastes less CPU while exhausted; shorter resumes sooner.
-    /// Default: 100 ms.
-    pub accept_backoff: Duration,
-    /// Pin the acceptor thread to this CPU. Default: `None`.
-    pub cpu: Option<usize>,
-}
-
-impl Default for AcceptorConfig {
-    fn default() -> Self {
-        Self {
-            single_issuer: true,
-            defer_taskrun: true,
-            sqpoll: false,
-            sq_cpu: None,
-            sq_thread_idle: Duration::from_millis(100),
-            ring_entries: 1024,
-            batch_sqes: 4096,
-            cq_timeout: None,
-            ip_version: IpVersion::Ipv6DualStack,
-            accept_backoff: Duration::from_millis(100),
-            cpu: None,
-        }
-    }
-}
-
-impl AcceptorConfig {
-    /// Checks this acceptor configuration.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`](crate::Error::Config) naming the first bad field.
-    pub fn validate(&self) -> Result<()> {
-        let e = |field: &'static str, why: &str| {
-            Err(ConfigError::new(format!("acceptor.{field}"), why.to_string()).into())
-        };
-        validate_ring(
-            "acceptor.",
-            RingFlags {
-                single_issuer: self.single_issuer,
-                defer_taskrun: self.defer_taskrun,
-                sqpoll: self.sqpoll,
-                sq_cpu: self.sq_cpu,
-                cq_timeout: self.cq_timeout,
-            },
-        )?;
-        if self.ring_entries < 2 || self.ring_entries > 32768 {
-            return e("ring_entries", "must be in 2..=32768");
-        }
-        if self.batch_sqes == 0 {
-            return e("batch_sqes", "must be at least 1");
-        }
-        if self.accept_backoff.is_zero() {
-            return e("accept_backoff", "must be non-zero");
-        }
-        Ok(())
     }
 }
 

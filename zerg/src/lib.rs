@@ -115,7 +115,9 @@ mod tokio_context;
 
 #[cfg(feature = "tokio-context")]
 pub use config::TokioContext;
-pub use config::{AcceptMode, AcceptorConfig, EngineOptions, IpVersion, ReactorConfig};
+pub use config::{
+    AcceptMode, AcceptorConfig, EngineOptions, IpVersion, ReactorConfig, RecvRingConfig,
+};
 pub use conn::{
     Connection, FlushState, ReadSnapshot, RecvBuffer, Segments, Sequence, ShutdownState,
 };

@@ -37,7 +37,7 @@
 //! | `connections` | `zerg_connections` | gauge |
 //! | `buffers_total`, `buffers_free`, `buffers_held` | `zerg_buffers`, `zerg_buffers_free`, `zerg_buffers_held` | gauge |
 //! | `connections_total` | `zerg_connections_opened_total` | counter |
-//! | `bytes_received`, `bytes_sent` | `zerg_received_bytes_total`, `zerg_sent_bytes_total` | counter (unit bytes) |
+//! | `bytes_received`, `bytes_sent`, `recv_memory_released` | `zerg_received_bytes_total`, `zerg_sent_bytes_total`, `zerg_recv_memory_released_bytes_total` | counter (unit bytes) |
 //! | `read_timeouts`, `idle_timeouts`, `request_timeouts`, `write_timeouts` | `zerg_timeouts_total{timeout="read"\|"idle"\|"request"\|"write"}` | counter |
 //! | every other field, e.g. `flush_errors` | `zerg_flush_errors_total` | counter |
 //!
@@ -154,6 +154,10 @@ const REACTOR: &[Series] = &[
     counter("recv_rearms", "recv_rearms"),
     counter("recv_pauses", "recv_pauses"),
     counter("ring_low", "ring_low"),
+    counter("ring_grows", "ring_grows"),
+    counter("ring_shrinks", "ring_shrinks"),
+    counter("recv_bundles", "recv_bundles"),
+    bytes("recv_memory_released", "recv_memory_released"),
     counter("paused_closes", "paused_closes"),
     counter("accept_pauses", "accept_pauses"),
     counter("accept_rearms", "accept_rearms"),

@@ -64,7 +64,8 @@ stats_struct! {
         /// [`Engine::accept`](crate::Engine::accept) was full. Caps do not shed: they pause
         /// accepting instead (`accept_pauses`).
         connections_shed,
-        /// Buffers in the provided-buffer ring.
+        /// Buffers in circulation (in the ring or held): the initial share of the ring at start,
+        /// more after the ring grew, fewer again after it shrank.
         buffers_total,
         /// Buffers in the kernel's hands (free to receive into).
         buffers_free,
@@ -82,6 +83,17 @@ stats_struct! {
         /// Times the ring ran low: fewer free buffers than the reserve
         /// (`recv_reserve_buffers`). Until it recovers, only light connections receive.
         ring_low,
+        /// Times the circulation of the receive ring doubled because few buffers were free
+        /// ([`RecvRingConfig`](crate::RecvRingConfig)).
+        ring_grows,
+        /// Times the receive ring shrank after a period of light use.
+        ring_shrinks,
+        /// Receive completions that carried more than one buffer (receive bundles,
+        /// [`RecvRingConfig::bundle`](crate::RecvRingConfig::bundle)).
+        recv_bundles,
+        /// Bytes of receive memory given back to the system (pages of buffers taken out of
+        /// circulation, and of idle buffers when the ring shrank).
+        recv_memory_released,
         /// FINs, resets and socket errors noticed while a connection's receive was paused or
         /// starved (a poll watches such connections); resets and errors end its reads and
         /// writes at once, a FIN ends its reads once every byte before it was delivered.

@@ -1,6 +1,7 @@
 //! The hot path allocates nothing: after warm-up, 10,000 request/response cycles through the raw
 //! API (read → buffers → write → flush) make no heap allocation, on the reactor threads
-//! (thread-per-core mode) or with handlers on tokio.
+//! (thread-per-core mode) or with handlers on tokio; with receive bundles too (messages of
+//! several buffers, a receive ring that grew during the warm-up).
 //!
 //! A counting global allocator counts every allocation in the process while switched on. The
 //! client switches it on after warm-up: it is a blocking loop over pre-allocated buffers (std
@@ -122,8 +123,7 @@ async fn zero_copy_echo(mut conn: zerg_uring::Connection) {
 /// bytes and the time the counted cycles took.
 fn measure<H, F>(
     mode: Mode,
-    incremental: bool,
-    timeouts: bool,
+    (incremental, timeouts, bundle): (bool, bool, bool),
     handler: H,
     cycles: usize,
 ) -> (u64, u64, Duration, usize)
@@ -132,6 +132,14 @@ where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut opts = options(1, incremental);
+    // With bundles, messages of several buffers (one completion may carry them all), in a ring
+    // that starts with a few buffers circulating and grows during the warm-up.
+    let msg_len = if bundle { 4 * 4096 + 100 } else { MSG };
+    if bundle {
+        let rc = &mut opts.reactor_configs[0];
+        rc.recv_ring.bundle = true;
+        rc.recv_ring.initial_buffers = 8;
+    }
     if timeouts {
         // Every timeout armed; the idle one is short, so the connection's timer entry comes due
         // and moves several times during the counted cycles (run for at least 1.5 s), while a
@@ -148,8 +156,8 @@ where
         let mut c = std::net::TcpStream::connect(addr).unwrap();
         c.set_nodelay(true).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let msg = util::pattern(1, MSG);
-        let mut got = vec![0u8; MSG];
+        let msg = util::pattern(1, msg_len);
+        let mut got = vec![0u8; msg_len];
         for _ in 0..WARM_UP {
             c.write_all(&msg).unwrap();
             c.read_exact(&mut got).unwrap();
@@ -199,29 +207,32 @@ fn hot_path_allocates_nothing() {
     for mode in [Mode::Reactor, Mode::Runtime] {
         // Control: a handler that allocates once per read is seen (the counter covers the
         // server's threads).
-        let (allocs, _, _, _) = measure(mode, false, false, copying_echo, 1000);
+        let (allocs, _, _, _) = measure(mode, (false, false, false), copying_echo, 1000);
         println!("control ({mode:?}): {allocs} allocations in 1000 cycles with to_vec()");
         assert!(
             allocs >= 1000,
             "the counter missed the handler's allocations"
         );
 
-        for (incremental, zero_copy, timeouts) in [
-            (false, false, false),
-            (true, false, false),
-            (false, true, false),
-            (false, false, true),
+        for (incremental, zero_copy, timeouts, bundle) in [
+            (false, false, false, false),
+            (true, false, false, false),
+            (false, true, false, false),
+            (false, false, true, false),
+            (false, true, false, true),
+            (true, true, false, true),
         ] {
             SEEN.lock().unwrap().clear();
+            let variant = (incremental, timeouts, bundle);
             let (allocs, bytes, took, cycles) = if zero_copy {
-                measure(mode, incremental, timeouts, zero_copy_echo, CYCLES)
+                measure(mode, variant, zero_copy_echo, CYCLES)
             } else {
-                measure(mode, incremental, timeouts, echo, CYCLES)
+                measure(mode, variant, echo, CYCLES)
             };
             println!(
                 "allocations ({mode:?}, incremental {incremental}, zero-copy {zero_copy}, \
-                 timeouts {timeouts}): {allocs} ({bytes} B) in {cycles} request/response \
-                 cycles ({:?} per cycle, debug build)",
+                 timeouts {timeouts}, bundles {bundle}): {allocs} ({bytes} B) in {cycles} \
+                 request/response cycles ({:?} per cycle, debug build)",
                 took / cycles as u32
             );
             if allocs > 0 {
@@ -231,7 +242,7 @@ fn hot_path_allocates_nothing() {
                 }
                 failures.push(format!(
                     "{mode:?}, incremental {incremental}, zero-copy {zero_copy}, timeouts \
-                     {timeouts}: {allocs} allocations ({bytes} B)"
+                     {timeouts}, bundles {bundle}: {allocs} allocations ({bytes} B)"
                 ));
             }
         }

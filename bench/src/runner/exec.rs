@@ -334,7 +334,24 @@ pub(crate) struct IdleMeasure {
     pub(crate) rss_after_kib: u64,
 }
 
-/// Opens `conns` idle connections (loadgen `idle`), waits until the server
+/// Descriptors the server and the load generator keep for themselves besides one per
+/// connection (listeners, rings, eventfds, logs).
+const FD_MARGIN: u64 = 128;
+
+/// As many connections as the descriptor limit allows both sides: the runner raised its soft
+/// limit to the hard one, and the children inherit it (the servers raise theirs the same way).
+fn max_idle_conns() -> Result<usize, String> {
+    let (soft, _) =
+        rlimit::getrlimit(rlimit::Resource::NOFILE).map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
+    let n = soft.saturating_sub(FD_MARGIN);
+    if n < 1000 {
+        return Err(format!("RLIMIT_NOFILE is {soft}: too low for idle-max"));
+    }
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// Opens `conns` idle connections (loadgen `idle`; `0`: as many as the descriptor limit allows),
+/// waits until the server
 /// holds them all (its fd count), and samples its RSS before and after.
 pub(crate) fn run_idle(
     exe: &Path,
@@ -344,6 +361,7 @@ pub(crate) fn run_idle(
     load_cpus: &[usize],
     log: &Path,
 ) -> Result<IdleMeasure, String> {
+    let conns = if conns == 0 { max_idle_conns()? } else { conns };
     thread::sleep(Duration::from_millis(300));
     let rss_before_kib = procfs::rss_kib(server_pid).ok_or("no server RSS")?;
     let fds_before = procfs::fd_count(server_pid).ok_or("no server fds")?;

@@ -162,6 +162,22 @@ pub(crate) fn server_kinds(p: &Paths) -> Vec<ServerKind> {
             "zerg-runtime",
             &["--mode", "runtime", "--accept", "dedicated"],
         ),
+        // Receive bundles on (ReactorConfig::recv_ring.bundle), and the whole receive ring
+        // circulating from the start instead of growing from 8 MiB.
+        zerg(
+            "zerg-bundle",
+            &["--mode", "reactor", "--accept", "per-reactor", "--bundle"],
+        ),
+        zerg(
+            "zerg-fixed",
+            &[
+                "--mode",
+                "reactor",
+                "--accept",
+                "per-reactor",
+                "--fixed-ring",
+            ],
+        ),
         zerg(
             "zerg-timeouts",
             &["--mode", "reactor", "--accept", "per-reactor", "--timeouts"],

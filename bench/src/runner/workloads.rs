@@ -10,7 +10,8 @@ pub(crate) enum Load {
     Wrk { conns: usize },
     /// Our load generator with these arguments (port, timing and threads added).
     Gen { args: Vec<String> },
-    /// `conns` idle connections: server RSS delta per connection.
+    /// `conns` idle connections: server RSS delta per connection. `0`: as many as the
+    /// descriptor limit (`RLIMIT_NOFILE`, inherited by server and load generator) allows.
     Idle { conns: usize },
     /// Server syscalls per request during a load generator run.
     Syscalls {
@@ -220,6 +221,20 @@ fn echo_and_aux_workloads(
             ),
             1024 * KIB,
         )),
+        // The same transfer through 64 KiB buffers on every server (tokio reads into 64 KiB,
+        // zerg's ring buffers are 64 KiB): a receive spans several buffers, which is what
+        // receive bundles (the zerg-bundle row) are for.
+        slow(buf(
+            w(
+                "echo-1MiB-c4-64KiB",
+                "echo 1 MiB, 4 conns, 64 KiB buffers",
+                Suite,
+                "echo",
+                lg("--mode echo --conns 4 --size 1MiB"),
+                "msg",
+            ),
+            64 * KIB,
+        )),
         slow(per_conn(w(
             "churn-c16",
             "connect, 1 request, close (RST); 16 at a time",
@@ -252,6 +267,14 @@ fn echo_and_aux_workloads(
             Load::Idle { conns: 10_000 },
             "conn",
         ),
+        slow(w(
+            "idle-max",
+            "as many idle connections as the descriptor limit allows",
+            Suite,
+            "http",
+            Load::Idle { conns: 0 },
+            "conn",
+        )),
         scaled(w(
             "scale-http-pipe16",
             "HTTP pipelined x16, 256 conns per server CPU, N reactors",

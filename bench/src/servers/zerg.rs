@@ -1,14 +1,17 @@
 //! zerg, in each of its modes: handlers on the reactor thread (`Engine::serve`) or on a tokio
 //! `current_thread` runtime (`Engine::listen` + `accept`), dedicated or per-reactor accept,
-//! incremental buffers on or off. One reactor by default, so the whole server works on the one
-//! core the runner gives it, like the peers.
+//! incremental buffers on or off, receive bundles on or off, a growing receive ring (the
+//! default) or the whole ring circulating from the start. One reactor by default, so the whole
+//! server works on the one core the runner gives it, like the peers.
 //!
 //! `zerg-bench zerg --port P --workload http|echo [--buf-size N]
 //!                  [--mode reactor|runtime] [--accept dedicated|per-reactor] [--incremental]
-//!                  [--reactors N] [--timeouts] [--min-wait USEC]` (N > 1: the scaling rows;
-//!                  one reactor per server CPU. `--timeouts`: every connection timeout armed —
-//!                  read, idle, request, write — to measure what checking them costs.
-//!                  `--min-wait`: `ReactorConfig::min_wait`, batching completions in each wait)
+//!                  [--bundle] [--fixed-ring] [--reactors N] [--timeouts] [--min-wait USEC]`
+//! (N > 1: the scaling rows; one reactor per server CPU. `--bundle`: receive bundles
+//! (`recv_ring.bundle`). `--fixed-ring`: the whole receive ring circulating from the start.
+//! `--timeouts`: every connection timeout armed — read, idle, request, write — to measure what
+//! checking them costs. `--min-wait`: `ReactorConfig::min_wait`, batching completions in each
+//! wait)
 
 use zerg_uring::{AcceptMode, Connection, Engine, EngineOptions, ReactorConfig};
 
@@ -24,6 +27,8 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     let mode: String = args.opt("mode")?.unwrap_or_else(|| "reactor".into());
     let accept: String = args.opt("accept")?.unwrap_or_else(|| "per-reactor".into());
     let incremental = args.flag("incremental")?;
+    let bundle = args.flag("bundle")?;
+    let fixed_ring = args.flag("fixed-ring")?;
     let ring_bytes = crate::args::size_opt(&mut args, "ring-bytes", RING_BYTES)?;
     let reactors: usize = args.get("reactors", 1)?;
     let timeouts = args.flag("timeouts")?;
@@ -45,6 +50,10 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
         rc.buffer_ring_entries /= 2;
     }
     rc.incremental_buffer_consumption = incremental;
+    rc.recv_ring.bundle = bundle;
+    if fixed_ring {
+        rc.recv_ring.initial_buffers = rc.buffer_ring_entries;
+    }
     rc.max_connections_per_reactor = 65536;
     if timeouts {
         // Long enough never to fire during a run: what is measured is the bookkeeping.

@@ -20,7 +20,8 @@
 //! connections from the acceptor arrive as MSG_RING completions, so an idle reactor sleeps in the
 //! kernel without a timeout.
 //!
-//! One file per concern: `accept.rs` (new connections, connection caps), `recv.rs`,
+//! One file per concern: `setup.rs` (the io_uring and receive ring a reactor starts with),
+//! `accept.rs` (new connections, connection caps), `recv.rs`,
 //! `pressure.rs` (the per-connection bound, the ring running low), `watch.rs` (closes noticed
 //! while a receive is paused), `send.rs`, `inbox.rs` (requests from handles), `close.rs`
 //! (closing, stopping, teardown), `timers.rs` (connection timeouts), `connect.rs` (outbound
@@ -37,6 +38,7 @@ pub(crate) mod outbound;
 mod pressure;
 mod recv;
 mod send;
+mod setup;
 mod timers;
 mod wait;
 mod watch;
@@ -66,6 +68,7 @@ use accept::Accepting;
 use conn::Conn;
 use outbound::{Outbound, OutboundRequest};
 use pressure::Pressure;
+use recv::Receiving;
 use timers::{ConnTimers, Timeouts};
 
 /// Buffer-group id of every reactor's ring (each reactor has its own io_uring).
@@ -228,6 +231,8 @@ struct Reactor {
     max_conns: usize,
     max_held: u32,
     pressure: Pressure,
+    /// How receives are armed (bundles or not).
+    receiving: Receiving,
     /// The connection caps: places, and the accept against them (per-reactor accept mode).
     accepting: Accepting,
     /// Bytes per receive buffer.
@@ -270,20 +275,6 @@ struct Reactor {
     deferred: Vec<std::task::Waker>,
 }
 
-/// The error for a failed buffer-ring registration: kernels before 6.12 reject the
-/// `IOU_PBUF_RING_INC` flag with `EINVAL`.
-fn register_error(e: std::io::Error, incremental: bool, who: &str) -> Error {
-    if incremental && e.raw_os_error() == Some(libc::EINVAL) {
-        Error::Unsupported {
-            feature: "incremental buffer consumption (IOU_PBUF_RING_INC)",
-            needs: "6.12",
-            source: e,
-        }
-    } else {
-        Error::io(format!("IORING_REGISTER_PBUF_RING for {who}"), e)
-    }
-}
-
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
@@ -312,38 +303,9 @@ impl Reactor {
                 .map_err(|e| Error::io(format!("pin reactor {index} to CPU {cpu}"), e))?;
         }
         let who = format!("reactor {index}");
-        let spec = sys::ring::RingSpec {
-            entries: config.ring_entries,
-            cq_entries: (config.buffer_ring_entries * 2).clamp(config.ring_entries * 2, 65536),
-            single_issuer: config.single_issuer,
-            defer_taskrun: config.defer_taskrun,
-            sqpoll: config.sqpoll,
-            sq_cpu: config.sq_cpu,
-            sq_thread_idle: config.sq_thread_idle,
-        };
-        let uring = sys::ring::build(&spec, &who)?;
-        let bufs = BufRing::new(
-            config.buffer_ring_entries as u16,
-            config.recv_buffer_size,
-            BGID,
-            config.incremental_buffer_consumption,
-        )
-        .map_err(|e| {
-            Error::io(
-                format!(
-                    "map {} receive buffers of {} bytes for {who}",
-                    config.buffer_ring_entries, config.recv_buffer_size
-                ),
-                e,
-            )
-        })?;
-        if let Err(e) = bufs.register(&uring.submitter()) {
-            return Err(register_error(
-                e,
-                config.incremental_buffer_consumption,
-                &who,
-            ));
-        }
+        let uring = sys::ring::build(&setup::ring_spec(&config), &who)?;
+        let bufs = setup::receive_ring(&config, &uring, &who)?;
+        let receiving = Receiving::new(&config, &uring, index);
         let min_wait = sys::ring::min_wait_usec(&uring, config.min_wait, &who);
         let ring = Ring::new(uring, Duration::from_millis(100), config.cq_timeout);
         ring.set_min_wait(min_wait);
@@ -380,6 +342,7 @@ impl Reactor {
             max_conns,
             max_held: config.effective_max_buffers_per_connection(),
             pressure: Pressure::new(&config),
+            receiving,
             accepting: Accepting::new(admission),
             buf_size: config.recv_buffer_size,
             recv_limit: true,
@@ -490,6 +453,7 @@ impl Reactor {
 
     fn publish_stats(&mut self) {
         self.stats.connections = self.conns.len() as u64;
+        self.stats.buffers_total = u64::from(self.bufs.total());
         self.stats.buffers_free = u64::from(self.bufs.free());
         self.stats.buffers_held = u64::from(self.bufs.total() - self.bufs.free());
         self.stats.handler_panics = executor::panics();
@@ -560,32 +524,5 @@ impl Reactor {
             }
             Kind::HandOff => Ok(()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_old_kernel_rejecting_incremental_rings_gets_a_clear_error() {
-        let einval = || std::io::Error::from_raw_os_error(libc::EINVAL);
-        let e = register_error(einval(), true, "reactor 0");
-        let msg = e.to_string();
-        assert!(
-            matches!(e, Error::Unsupported { needs: "6.12", .. }),
-            "{e:?}"
-        );
-        assert!(
-            msg.contains("IOU_PBUF_RING_INC") && msg.contains("Linux 6.12"),
-            "{msg}"
-        );
-        // Without the flag, EINVAL is a plain registration failure naming the reactor.
-        let e = register_error(einval(), false, "reactor 3");
-        assert!(
-            e.to_string()
-                .starts_with("IORING_REGISTER_PBUF_RING for reactor 3"),
-            "{e}"
-        );
     }
 }

@@ -1,14 +1,47 @@
 //! The receive path: one multishot receive per connection from the provided-buffer ring, paused
 //! at the per-connection bound (`pressure.rs` decides how much a connection may hold), re-armed
-//! after `-ENOBUFS` once buffers come back; a watch notices closes meanwhile (`watch.rs`).
+//! after `-ENOBUFS` once buffers come back; a watch notices closes meanwhile (`watch.rs`). With
+//! bundles on, one completion may carry several buffers.
 
 use io_uring::cqueue;
 
 use super::conn::{Life, RecvState};
 use super::{BGID, Reactor, fatal};
-use crate::buf_ring::BidError;
+use crate::buf_ring::{BidError, RecvItem, probe};
+use crate::config::ReactorConfig;
 use crate::error::{CloseReason, Error, Result};
 use crate::ring::token::{ConnectionId, Kind, Token};
+
+/// How receives are armed, and the pieces of the completion being handled.
+pub(super) struct Receiving {
+    /// Arm bundle receives (`IORING_RECVSEND_BUNDLE`).
+    bundle: bool,
+    /// The pieces of one completion (one, or several with a bundle), reused.
+    items: Vec<RecvItem>,
+}
+
+impl Receiving {
+    /// Bundles if configured and the kernel handles them (see [`probe::bundles`]); the reason
+    /// is logged otherwise.
+    pub(super) fn new(config: &ReactorConfig, uring: &io_uring::IoUring, index: usize) -> Self {
+        let bundle = config.recv_ring.bundle
+            && match probe::bundles(uring, config.incremental_buffer_consumption) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!(
+                        reactor = index,
+                        %why,
+                        "receive bundles off: receiving one buffer per completion"
+                    );
+                    false
+                }
+            };
+        Self {
+            bundle,
+            items: Vec::with_capacity(if bundle { 64 } else { 1 }),
+        }
+    }
+}
 
 impl Reactor {
     pub(super) fn arm_recv(&mut self, id: ConnectionId) -> Result<()> {
@@ -29,7 +62,13 @@ impl Reactor {
         };
         conn.recv = RecvState::Armed { limited: limit > 0 };
         self.ring
-            .recv_multi(fd, BGID, limit, Token::conn(Kind::Recv, id))
+            .recv_multi(
+                fd,
+                BGID,
+                limit,
+                self.receiving.bundle,
+                Token::conn(Kind::Recv, id),
+            )
             .map_err(|e| fatal(e, "arm recv"))
     }
 
@@ -52,42 +91,57 @@ impl Reactor {
         }
     }
 
+    /// Records the buffers a receive completion carries in `self.receiving.items`.
+    fn take_buffers(&mut self, res: i32, flags: u32) -> Result<()> {
+        let items = &mut self.receiving.items;
+        items.clear();
+        let Some(bid) = cqueue::buffer_select(flags) else {
+            return Ok(());
+        };
+        let buf_more = cqueue::buffer_more(flags);
+        let taken = if res > 0 && self.receiving.bundle {
+            self.bufs.on_recv_bundle(bid, res as u32, buf_more, items)
+        } else if res > 0 {
+            self.bufs
+                .on_recv(bid, res as u32, buf_more)
+                .map(|item| items.push(item))
+        } else if res == 0 && !self.incremental && !self.receiving.bundle {
+            // The kernel consumed a buffer without writing into it: give it straight back. (A
+            // bundle takes no buffer for an empty completion, and an incremental buffer stays
+            // the kernel's.)
+            self.bufs
+                .on_recv(bid, 0, false)
+                .map(|item| self.bufs.release(&item))
+        } else {
+            Ok(())
+        };
+        taken.map_err(|e| self.bid_error(e))
+    }
+
     pub(super) fn on_recv(&mut self, id: ConnectionId, res: i32, flags: u32) -> Result<()> {
         let more = cqueue::more(flags);
-        let item = match cqueue::buffer_select(flags) {
-            Some(bid) if res > 0 => Some(
-                self.bufs
-                    .on_recv(bid, res as u32, cqueue::buffer_more(flags))
-                    .map_err(|e| self.bid_error(e))?,
-            ),
-            Some(bid) if res == 0 && !self.incremental => {
-                // The kernel consumed a buffer without writing into it: give it straight back.
-                let item = self
-                    .bufs
-                    .on_recv(bid, 0, false)
-                    .map_err(|e| self.bid_error(e))?;
-                self.bufs.release(&item);
-                None
-            }
-            _ => None,
-        };
+        self.take_buffers(res, flags)?;
         let cap = self.recv_cap();
         let Some(conn) = self.conns.get_mut(id) else {
             self.stats.stale_completions += 1;
-            if let Some(item) = item {
-                self.bufs.release(&item);
+            for item in &self.receiving.items {
+                self.bufs.release(item);
             }
             return Ok(());
         };
         let limited = matches!(conn.recv, RecvState::Armed { limited: true });
         let mut pause = false;
-        if let Some(item) = item {
+        if !self.receiving.items.is_empty() {
             self.recv_limit_works |= limited;
             conn.last_active = self.now;
             conn.request_since.get_or_insert(self.now);
-            conn.held += 1;
-            self.stats.bytes_received += u64::from(item.len);
-            conn.shared.deliver(item);
+            let n = self.receiving.items.len() as u32;
+            conn.held += n;
+            self.stats.bytes_received += res as u64;
+            self.stats.recv_bundles += u64::from(n > 1);
+            for &item in &self.receiving.items {
+                conn.shared.deliver(item);
+            }
             pause = more && conn.held >= cap && conn.recv_armed() && !conn.is_closing();
         }
         if pause {

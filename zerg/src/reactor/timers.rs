@@ -214,7 +214,11 @@ impl Reactor {
     /// How long the reactor may wait in the kernel: until the earliest timer (connection or
     /// application), or without bound (`None`). `Some(ZERO)`: something is due already.
     pub(super) fn wait_bound(&mut self) -> Option<Duration> {
-        let own = self.conn_timers.next_deadline().unwrap_or(u64::MAX);
+        let own = self
+            .conn_timers
+            .next_deadline()
+            .unwrap_or(u64::MAX)
+            .min(self.circulation_deadline().unwrap_or(u64::MAX));
         let until = self.shared.timers.prepare_wait(own);
         (until != u64::MAX).then(|| Duration::from_millis(until.saturating_sub(self.now)))
     }

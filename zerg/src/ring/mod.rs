@@ -169,19 +169,31 @@ impl Ring {
         self.uring.completion()
     }
 
+    /// No completion waits to be reaped, neither in the completion queue nor in the kernel's
+    /// overflow list: every buffer the kernel filled has been seen.
+    pub(crate) fn drained(&mut self) -> bool {
+        self.uring.completion().is_empty() && !self.uring.submission().cq_overflow()
+    }
+
     /// Multishot receive into buffers of group `bgid`. A non-zero `limit` ends it (a completion
     /// without `F_MORE`) once that many bytes were received (`IORING_RECV_MSHOT_LIM`, Linux
-    /// 6.17; older kernels fail the receive with `EINVAL`).
+    /// 6.17; older kernels fail the receive with `EINVAL`). With `bundle`
+    /// (`IORING_RECVSEND_BUNDLE`, Linux 6.10) a completion may fill several buffers: its buffer
+    /// id is the first, its byte count runs on through the ring entries after it.
     pub(crate) fn recv_multi(
         &mut self,
         fd: RawFd,
         bgid: u16,
         limit: u32,
+        bundle: bool,
         user_data: u64,
     ) -> io::Result<()> {
-        let mut entry = opcode::RecvMulti::new(Fd(fd), bgid)
-            .build()
-            .user_data(user_data);
+        let entry = if bundle {
+            opcode::RecvMultiBundle::new(Fd(fd), bgid).build()
+        } else {
+            opcode::RecvMulti::new(Fd(fd), bgid).build()
+        };
+        let mut entry = entry.user_data(user_data);
         if limit > 0 {
             set_optlen(&mut entry, limit);
         }

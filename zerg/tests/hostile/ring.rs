@@ -11,6 +11,10 @@
 //! `gradual_hoarders_*`: eight connections whose handlers keep everything they read, fed slowly,
 //! would together take the whole ring (8 × 16 buffers of 128); when the ring runs low (fewer
 //! free than the reserve of 32) the heavy ones pause, and a light client is still served.
+//!
+//! Both also run with receive bundles (a completion may take several buffers at once) and in a
+//! ring that starts with a few buffers in circulation and grows under the hogs: the guarantee
+//! is the same once the ring has grown to its capacity.
 
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
@@ -36,6 +40,31 @@ const SERVED: Duration = Duration::from_secs(10);
 enum Echo {
     Copy,
     Snapshot,
+}
+
+/// How the receive ring is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ring {
+    /// Receive bundles.
+    bundle: bool,
+    /// Buffers circulating at start (0: the whole ring).
+    initial: u32,
+}
+
+const PLAIN: Ring = Ring {
+    bundle: false,
+    initial: 0,
+};
+
+impl Ring {
+    fn apply(self, rc: &mut zerg_uring::ReactorConfig) {
+        rc.recv_ring.bundle = self.bundle;
+        rc.recv_ring.initial_buffers = if self.initial == 0 {
+            rc.buffer_ring_entries
+        } else {
+            self.initial
+        };
+    }
 }
 
 /// Echo; `flushing` counts handlers waiting for a flush.
@@ -127,7 +156,7 @@ fn max_held_during<T>(server: &TestServer, f: impl FnOnce() -> T) -> (T, u64) {
     (out, max.load(Ordering::Relaxed))
 }
 
-fn hogs(mode: Mode, accept: AcceptMode, incremental: bool, how: Echo) {
+fn hogs(mode: Mode, accept: AcceptMode, incremental: bool, how: Echo, ring: Ring) {
     let _serial = crate::serial();
     let mut opts = util::options(1, incremental);
     opts.accept_mode = accept;
@@ -135,6 +164,7 @@ fn hogs(mode: Mode, accept: AcceptMode, incremental: bool, how: Echo) {
     rc.buffer_ring_entries = RING;
     rc.recv_buffer_size = 16 * 1024;
     rc.max_buffers_per_connection = 0; // the default: derived from max_recv_bytes_per_connection
+    ring.apply(rc);
     assert_eq!(u64::from(rc.effective_max_buffers_per_connection()), BOUND);
     let flushing = Arc::new(AtomicUsize::new(0));
     let f = flushing.clone();
@@ -160,10 +190,10 @@ fn hogs(mode: Mode, accept: AcceptMode, incremental: bool, how: Echo) {
     let (slowest, max_held) = max_held_during(&server, || well_behaved(&server, 32, 4096));
     let t = server.engine().stats().total();
     println!(
-        "ring hogs ({mode:?}, {accept:?}, incremental {incremental}, {how:?}): {HOGS} hogs held \
-         at most {max_held}/{RING} buffers; the well-behaved client's slowest echo took \
-         {slowest:?}; pauses {}, enobufs {}, ring low {}",
-        t.recv_pauses, t.enobufs, t.ring_low
+        "ring hogs ({mode:?}, {accept:?}, incremental {incremental}, {how:?}, {ring:?}): {HOGS} \
+         hogs held at most {max_held}/{RING} buffers; the well-behaved client's slowest echo \
+         took {slowest:?}; pauses {}, enobufs {}, ring low {}, grows {}, bundles {}",
+        t.recv_pauses, t.enobufs, t.ring_low, t.ring_grows, t.recv_bundles
     );
     assert!(
         max_held <= HOGS as u64 * BOUND + BOUND,
@@ -183,29 +213,83 @@ fn hogs(mode: Mode, accept: AcceptMode, incremental: bool, how: Echo) {
 
 #[test]
 fn hogs_runtime_mode() {
-    hogs(Mode::Runtime, AcceptMode::Dedicated, false, Echo::Copy);
+    hogs(
+        Mode::Runtime,
+        AcceptMode::Dedicated,
+        false,
+        Echo::Copy,
+        PLAIN,
+    );
 }
 
 #[test]
 fn hogs_reactor_mode_per_reactor_accept() {
-    hogs(Mode::Reactor, AcceptMode::PerReactor, false, Echo::Copy);
+    hogs(
+        Mode::Reactor,
+        AcceptMode::PerReactor,
+        false,
+        Echo::Copy,
+        PLAIN,
+    );
 }
 
 #[test]
 fn hogs_incremental() {
-    hogs(Mode::Runtime, AcceptMode::Dedicated, true, Echo::Copy);
+    hogs(
+        Mode::Runtime,
+        AcceptMode::Dedicated,
+        true,
+        Echo::Copy,
+        PLAIN,
+    );
 }
 
 /// The peer never reads its echo, sent in place with `write_snapshot`: the pieces staged for
 /// the stalled send count against the bound, so they pin no more than received bytes would.
 #[test]
 fn hogs_echoing_with_write_snapshot() {
-    hogs(Mode::Runtime, AcceptMode::Dedicated, false, Echo::Snapshot);
+    hogs(
+        Mode::Runtime,
+        AcceptMode::Dedicated,
+        false,
+        Echo::Snapshot,
+        PLAIN,
+    );
 }
 
 #[test]
 fn hogs_echoing_with_write_snapshot_reactor_mode() {
-    hogs(Mode::Reactor, AcceptMode::Dedicated, false, Echo::Snapshot);
+    hogs(
+        Mode::Reactor,
+        AcceptMode::Dedicated,
+        false,
+        Echo::Snapshot,
+        PLAIN,
+    );
+}
+
+#[test]
+fn hogs_with_bundles_in_a_growing_ring() {
+    let ring = Ring {
+        bundle: true,
+        initial: 16,
+    };
+    hogs(
+        Mode::Reactor,
+        AcceptMode::Dedicated,
+        false,
+        Echo::Snapshot,
+        ring,
+    );
+}
+
+#[test]
+fn hogs_with_incremental_bundles_in_a_growing_ring() {
+    let ring = Ring {
+        bundle: true,
+        initial: 16,
+    };
+    hogs(Mode::Runtime, AcceptMode::Dedicated, true, Echo::Copy, ring);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -238,7 +322,7 @@ async fn keep_or_echo(mut conn: Connection) {
     }
 }
 
-fn gradual_hoarders(mode: Mode) {
+fn gradual_hoarders(mode: Mode, ring: Ring) {
     let _serial = crate::serial();
     let mut opts: EngineOptions = util::options(1, false);
     let rc = &mut opts.reactor_configs[0];
@@ -246,6 +330,7 @@ fn gradual_hoarders(mode: Mode) {
     rc.recv_buffer_size = 4096;
     rc.max_buffers_per_connection = 16;
     rc.recv_reserve_buffers = RESERVE;
+    ring.apply(rc);
     let server = TestServer::start(mode, opts, keep_or_echo);
     // 4 KiB every 5 ms: a slow upload, 24 buffers each (more than the bound of 16).
     let keepers: Vec<_> = (0..KEEPERS)
@@ -272,9 +357,10 @@ fn gradual_hoarders(mode: Mode) {
     let (slowest, max_held) = max_held_during(&server, || well_behaved(&server, 16, 1024));
     let t = server.engine().stats().total();
     println!(
-        "gradual hoarders ({mode:?}): {KEEPERS} keepers held at most {max_held}/{SMALL_RING}; \
-         the light client's slowest echo took {slowest:?}; ring low {} times, pauses {}",
-        t.ring_low, t.recv_pauses
+        "gradual hoarders ({mode:?}, {ring:?}): {KEEPERS} keepers held at most \
+         {max_held}/{SMALL_RING}; the light client's slowest echo took {slowest:?}; ring low {} \
+         times, pauses {}, grows {}",
+        t.ring_low, t.recv_pauses, t.ring_grows
     );
     assert!(t.ring_low >= 1, "the ring never ran low");
     assert!(max_held < u64::from(SMALL_RING), "the ring ran dry");
@@ -289,10 +375,19 @@ fn gradual_hoarders(mode: Mode) {
 
 #[test]
 fn gradual_hoarders_are_held_at_the_quota_when_the_ring_runs_low() {
-    gradual_hoarders(Mode::Runtime);
+    gradual_hoarders(Mode::Runtime, PLAIN);
 }
 
 #[test]
 fn gradual_hoarders_are_held_at_the_quota_when_the_ring_runs_low_reactor_mode() {
-    gradual_hoarders(Mode::Reactor);
+    gradual_hoarders(Mode::Reactor, PLAIN);
+}
+
+#[test]
+fn gradual_hoarders_with_bundles_in_a_growing_ring() {
+    let ring = Ring {
+        bundle: true,
+        initial: 8,
+    };
+    gradual_hoarders(Mode::Reactor, ring);
 }

@@ -75,6 +75,11 @@ fn idle_clients_close_while_an_active_one_survives(mode: Mode) {
         );
     }
     assert_eq!(util::roundtrip(&mut active, b"still here"), b"still here");
+    // The reactor publishes its counters once per loop iteration: a client can see its close
+    // before the count that goes with it is published.
+    server.wait_stats(Duration::from_secs(5), "every idle client counted", |s| {
+        s.total().idle_timeouts >= IDLE as u64
+    });
     let t = server.engine().stats().total();
     println!(
         "{mode:?}: {rounds} active rounds; {} idle timeouts",

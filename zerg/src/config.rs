@@ -344,6 +344,22 @@ pub struct ReactorConfig {
     /// Pin the reactor thread to this CPU. `None` leaves placement to the scheduler.
     /// Default: `None`.
     pub cpu: Option<usize>,
+    /// Direct descriptors: connections live in a table registered with the reactor's ring
+    /// instead of the process's descriptor table — accepted into it, handed from the acceptor
+    /// to the reactor ring to ring, closed in the ring — so no operation looks the socket up
+    /// and no descriptor is allocated or closed per connection. Asking for the descriptor
+    /// ([`Connection::as_fd`](crate::Connection), `peer_addr`) installs one on demand (a
+    /// synchronous round trip to the reactor the first time). Needs Linux 6.8 and a
+    /// `RLIMIT_NOFILE` of at least `max_connections_per_reactor`; otherwise the reactor logs why
+    /// and uses plain descriptors. See docs/tuning.md. Default: `false`.
+    pub direct_descriptors: bool,
+    /// Sends of at least this many bytes use zero-copy (`IORING_OP_SEND_ZC`, Linux 6.0): the
+    /// kernel sends from the connection's buffer instead of copying it, and the flush completes
+    /// once the kernel no longer reads it (for TCP, once the peer acknowledged the bytes). Pays
+    /// off for large responses on real network interfaces; over loopback the kernel copies
+    /// anyway ([`ReactorStats::zc_copied`](crate::ReactorStats::zc_copied)). `0` is off. See
+    /// docs/tuning.md. Default: `0`.
+    pub send_zerocopy_threshold: usize,
 }
 
 impl ReactorConfig {
@@ -370,6 +386,8 @@ impl ReactorConfig {
         idle_timeout: None,
         request_timeout: None,
         cpu: None,
+        direct_descriptors: false,
+        send_zerocopy_threshold: 0,
     };
 
     /// Receive memory this reactor reserves: `buffer_ring_entries × recv_buffer_size`.

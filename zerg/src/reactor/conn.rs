@@ -1,12 +1,11 @@
 //! [`Conn`]: a connection as its reactor sees it — the kernel-facing half (what is armed, what is
 //! being sent, where it is in its life). The half the handle shares is [`ConnShared`].
 
-use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use super::connect::Connecting;
 use crate::conn::ConnShared;
-use crate::ring::SendBuf;
+use crate::ring::{SendBuf, SockFd};
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +45,8 @@ pub(super) enum RecvState {
 
 /// A connection as the reactor sees it.
 pub(super) struct Conn {
-    pub(super) fd: RawFd,
+    /// The socket: a descriptor, or a slot in the ring's file table.
+    pub(super) fd: SockFd,
     pub(super) shared: Arc<ConnShared>,
     pub(super) life: Life,
     pub(super) recv: RecvState,
@@ -81,10 +81,12 @@ pub(super) struct Conn {
     /// The watch saw the peer's FIN while bytes before it still waited in the socket: they are
     /// received (then end of file) once the receive is armed again.
     pub(super) peer_fin: bool,
+    /// The close of the connection's direct descriptor was submitted (`fds.rs`).
+    pub(super) slot_closed: bool,
 }
 
 impl Conn {
-    pub(super) fn new(fd: RawFd, shared: Arc<ConnShared>) -> Self {
+    pub(super) fn new(fd: SockFd, shared: Arc<ConnShared>) -> Self {
         Self {
             fd,
             shared,
@@ -104,6 +106,7 @@ impl Conn {
             admitted: false,
             watch: false,
             peer_fin: false,
+            slot_closed: false,
         }
     }
 

@@ -23,13 +23,15 @@
 //! `pressure.rs` (the per-connection bound, the ring running low), `watch.rs` (closes noticed
 //! while a receive is paused), `send.rs`, `inbox.rs` (requests from handles), `close.rs`
 //! (closing, stopping, teardown), `timers.rs` (connection timeouts), `connect.rs` (outbound
-//! connections) and `outbound.rs` (their requests and answers); `conn.rs` holds the reactor's
+//! connections) and `outbound.rs` (their requests and answers), `fds.rs` (descriptors: direct
+//! ones, installs, shutdowns, closes; zero-copy sends' buffers); `conn.rs` holds the reactor's
 //! half of a connection.
 
 mod accept;
 mod close;
 mod conn;
 mod connect;
+mod fds;
 mod inbox;
 pub(crate) mod outbound;
 mod pressure;
@@ -40,6 +42,7 @@ mod watch;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,9 +54,9 @@ use crate::config::ReactorConfig;
 use crate::conn::{ConnShared, Connection};
 use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
-use crate::ring::Ring;
 use crate::ring::slots::Slots;
 use crate::ring::token::{ConnectionId, Kind, Token};
+use crate::ring::{Ring, SockFd};
 use crate::runtime::{ReactorShared, executor, local};
 use crate::stats::ReactorStats;
 use crate::sys::{self, EventFd};
@@ -161,6 +164,7 @@ fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Ready>) {
     };
     let _guard = local::enter(&reactor.shared);
     let _outbound_guard = outbound::enter(&reactor.outbound);
+    let _ring_guard = crate::ring::fixed::enter(&reactor.ring);
     if let Err(e) = reactor.build_sink() {
         reactor.teardown(true);
         let _ = ready.send(Err(e));
@@ -204,8 +208,12 @@ struct Reactor {
     outbound: Arc<Outbound>,
     outbound_reqs: Vec<OutboundRequest>,
     engine: Arc<Lifecycle>,
-    ring: Ring,
+    /// Shared with code on this thread that needs an answer from the kernel at once
+    /// (`ring/fixed.rs`).
+    ring: Rc<Ring>,
     bufs: BufRing,
+    /// Direct descriptors and zero-copy sends, as set up and probed (`fds.rs`).
+    features: fds::Features,
     conns: Slots<Conn>,
     /// Until [`build_sink`](Self::build_sink) runs on the reactor thread: how to build `sink`.
     mode: Option<Mode>,
@@ -326,7 +334,12 @@ impl Reactor {
                 &who,
             ));
         }
-        let ring = Ring::new(uring, Duration::from_millis(100), config.cq_timeout);
+        let ring = Rc::new(Ring::new(
+            uring,
+            Duration::from_millis(100),
+            config.cq_timeout,
+        ));
+        let features = fds::Features::setup(&ring, &config, index);
         let eventfd = EventFd::new().map_err(|e| Error::io(format!("eventfd for {who}"), e))?;
         let wake_fd = eventfd.raw();
         let max_conns = config.max_connections_per_reactor as usize;
@@ -334,6 +347,7 @@ impl Reactor {
             index,
             bufs.pool().clone(),
             ring.raw_fd(),
+            features.direct,
             eventfd,
             &config,
         ));
@@ -353,6 +367,7 @@ impl Reactor {
             engine,
             ring,
             bufs,
+            features,
             conns: Slots::with_capacity(max_conns.min(1024)),
             mode: Some(mode),
             sink: Sink::Serve(Box::new(drop)),
@@ -490,6 +505,7 @@ impl Reactor {
         self.stats.buffers_free = u64::from(self.bufs.free());
         self.stats.buffers_held = u64::from(self.bufs.total() - self.bufs.free());
         self.stats.handler_panics = executor::panics();
+        self.stats.fd_installs = self.ring.installs();
         self.shared.stats.publish(&self.stats);
     }
 
@@ -519,7 +535,7 @@ impl Reactor {
         };
         match token.kind {
             Kind::Recv => self.on_recv(token.id, res, flags),
-            Kind::Send => self.on_send(token.id, res),
+            Kind::Send => self.on_send(token.id, res, flags),
             Kind::Connect => self.on_connect(token.id, res),
             Kind::ConnectTimeout => {
                 self.on_connect_timeout(token.id, res);
@@ -541,12 +557,19 @@ impl Reactor {
                 self.shared.wake_consumed();
                 Ok(())
             }
-            Kind::NewConn => {
-                if res >= 0 {
-                    self.adopt(res)
-                } else {
-                    Ok(())
-                }
+            Kind::NewConn if res >= 0 => self.adopt(SockFd::Raw(res)),
+            Kind::NewDirect if res >= 0 => self.adopt(SockFd::Fixed(res as u32)),
+            Kind::CloseSlot => {
+                self.on_close_slot(token.id, res);
+                Ok(())
+            }
+            Kind::ShutdownWrite | Kind::ShutdownBoth => {
+                self.on_shutdown(token.kind, token.id, res);
+                Ok(())
+            }
+            Kind::QuietClose => {
+                tracing::warn!(reactor = self.index, error = %std::io::Error::from_raw_os_error(-res), "close of a direct descriptor failed");
+                Ok(())
             }
             Kind::Accept => self.on_accept(res, flags),
             Kind::AcceptBackoff => self.on_accept_backoff(),
@@ -555,7 +578,13 @@ impl Reactor {
                 self.misc_ops -= 1;
                 Ok(())
             }
-            Kind::HandOff => Ok(()),
+            // Answered elsewhere, or not completions of this ring.
+            Kind::NewConn
+            | Kind::NewDirect
+            | Kind::HandOff
+            | Kind::HandOffClose
+            | Kind::Install
+            | Kind::InstallRequest => Ok(()),
         }
     }
 }

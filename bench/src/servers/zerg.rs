@@ -5,7 +5,9 @@
 //!
 //! `zerg-bench zerg --port P --workload http|echo [--buf-size N]
 //!                  [--mode reactor|runtime] [--accept dedicated|per-reactor] [--incremental]
-//!                  [--reactors N]` (N > 1: the scaling rows; one reactor per server CPU)
+//!                  [--direct] [--zc-threshold BYTES] [--reactors N]`
+//! (N > 1: the scaling rows; one reactor per server CPU; `--direct`: direct descriptors,
+//! `--zc-threshold`: zero-copy sends of at least that many bytes)
 
 use zerg_uring::{AcceptMode, Connection, Engine, EngineOptions, ReactorConfig};
 
@@ -21,6 +23,8 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     let mode: String = args.opt("mode")?.unwrap_or_else(|| "reactor".into());
     let accept: String = args.opt("accept")?.unwrap_or_else(|| "per-reactor".into());
     let incremental = args.flag("incremental")?;
+    let direct = args.flag("direct")?;
+    let zc_threshold = crate::args::size_opt(&mut args, "zc-threshold", 0)?;
     let ring_bytes = crate::args::size_opt(&mut args, "ring-bytes", RING_BYTES)?;
     let reactors: usize = args.get("reactors", 1)?;
     if reactors == 0 {
@@ -41,6 +45,13 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     }
     rc.incremental_buffer_consumption = incremental;
     rc.max_connections_per_reactor = 65536;
+    rc.direct_descriptors = direct;
+    rc.send_zerocopy_threshold = zc_threshold;
+    if direct {
+        // The file table (the cap and some headroom) must fit under RLIMIT_NOFILE, raised
+        // above to the hard limit, or the reactor falls back to plain descriptors.
+        rc.max_connections_per_reactor = (proto::nofile_limit().clamp(1024, 65536) * 3 / 4) as u32;
+    }
     let mut eo = EngineOptions::with_port(opts.port);
     eo.ip = std::net::Ipv4Addr::LOCALHOST.into();
     eo.backlog = proto::BACKLOG;

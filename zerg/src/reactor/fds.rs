@@ -115,6 +115,20 @@ fn setup_table(
 }
 
 impl Reactor {
+    /// A completion of this file's operations.
+    pub(super) fn on_fd_op(&mut self, token: Token, res: i32) -> crate::error::Result<()> {
+        match token.kind {
+            Kind::NewDirect if res >= 0 => return self.adopt(SockFd::Fixed(res as u32)),
+            Kind::CloseSlot => self.on_close_slot(token.id, res),
+            Kind::ShutdownWrite | Kind::ShutdownBoth => self.on_shutdown(token.kind, token.id, res),
+            Kind::QuietClose => {
+                tracing::warn!(reactor = self.index, error = %io::Error::from_raw_os_error(-res), "close of a direct descriptor failed");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// The shared state of a new connection on `fd`.
     pub(super) fn conn_shared(&self, id: ConnectionId, fd: SockFd) -> Arc<ConnShared> {
         let fd = match fd {

@@ -558,19 +558,11 @@ impl Reactor {
                 Ok(())
             }
             Kind::NewConn if res >= 0 => self.adopt(SockFd::Raw(res)),
-            Kind::NewDirect if res >= 0 => self.adopt(SockFd::Fixed(res as u32)),
-            Kind::CloseSlot => {
-                self.on_close_slot(token.id, res);
-                Ok(())
-            }
-            Kind::ShutdownWrite | Kind::ShutdownBoth => {
-                self.on_shutdown(token.kind, token.id, res);
-                Ok(())
-            }
-            Kind::QuietClose => {
-                tracing::warn!(reactor = self.index, error = %std::io::Error::from_raw_os_error(-res), "close of a direct descriptor failed");
-                Ok(())
-            }
+            Kind::NewDirect
+            | Kind::CloseSlot
+            | Kind::ShutdownWrite
+            | Kind::ShutdownBoth
+            | Kind::QuietClose => self.on_fd_op(token, res),
             Kind::Accept => self.on_accept(res, flags),
             Kind::AcceptBackoff => self.on_accept_backoff(),
             Kind::Grace => self.on_grace(),
@@ -580,7 +572,6 @@ impl Reactor {
             }
             // Answered elsewhere, or not completions of this ring.
             Kind::NewConn
-            | Kind::NewDirect
             | Kind::HandOff
             | Kind::HandOffClose
             | Kind::Install

@@ -161,7 +161,12 @@ fn direct_descriptors_install_on_demand_off_the_reactor() {
     assert_eq!((t.direct_connections, t.fd_installs), (32, 0), "{t:?}");
 
     let (client, conn) = &pairs[5];
+    let t0 = std::time::Instant::now();
     let fd = conn.as_raw_fd();
+    println!(
+        "first as_raw_fd on a direct descriptor, from another thread, reactor asleep: {:?}",
+        t0.elapsed()
+    );
     assert_eq!(conn.as_raw_fd(), fd, "installed once");
     assert_eq!(peer_addr(conn), client.local_addr().unwrap());
     assert!(socket2::SockRef::from(conn).tcp_nodelay().unwrap());

@@ -39,10 +39,20 @@ enum FdState {
 }
 
 /// A connection's descriptor, shared by its handle and its reactor.
-#[derive(Debug)]
 pub(crate) struct ConnFd {
     state: Mutex<FdState>,
     answered: Condvar,
+}
+
+impl std::fmt::Debug for ConnFd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.lock() {
+            FdState::Open(fd) => write!(f, "{fd}"),
+            FdState::Handed(fd) => write!(f, "{} (handed over)", fd.as_raw_fd()),
+            FdState::Direct { index, .. } => write!(f, "direct slot {index}"),
+            FdState::Gone(_) => write!(f, "closed"),
+        }
+    }
 }
 
 /// What the handle has to do to get a descriptor.

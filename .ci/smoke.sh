@@ -16,13 +16,50 @@ check_http() { # name args...
   local out; out=$(wrk -t1 -c256 -d2s --timeout 2s "http://127.0.0.1:$port/" 2>&1)
   local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   local errs; errs=$(grep -E "Non-2xx|Socket errors" <<<"$out" || true)
+  local limits; limits=$(check_limits "$port")
   kill -INT "$pid"
   local rc=0; wait "$pid" || rc=$?
-  printf '%-10s %-40s body=%-14q req/s=%-10s exit=%s %s\n' "$name" "$*" "$body" "$rps" "$rc" "$errs"
-  if [[ "$body" != "Hello, World!" || "$rc" != 0 || -n "$errs" || -z "$rps" ]]; then
+  printf '%-10s %-40s body=%-14q req/s=%-10s limits=%-6s exit=%s %s\n' "$name" "$*" "$body" "$rps" "$limits" "$rc" "$errs"
+  if [[ "$body" != "Hello, World!" || "$rc" != 0 || -n "$errs" || -z "$rps" || "$limits" != ok ]]; then
     fail=1; cat /tmp/zerg-smoke-$name.log
   fi
   port=$((port + 1))
+}
+
+check_limits() { # port: a malformed request gets 400, a 16 KiB head 431, each then a close;
+  # a 64 MiB header flood is cut off; a GET afterwards is still served.
+  python3 - "$1" <<'PY'
+import socket, sys
+port = int(sys.argv[1])
+def ask(data, flood=False):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        if flood:
+            chunk = b"GET / HTTP/1.1\r\nX: " + b"a" * 65536
+            for _ in range(1024):
+                s.sendall(chunk); chunk = b"a" * 65536
+        else:
+            s.sendall(data)
+    except OSError:
+        pass  # the server closed while we were still sending
+    out = b""
+    try:
+        while True:
+            c = s.recv(65536)
+            if not c: return out
+            out += c
+    except ConnectionResetError:
+        return out
+def status(out): return out[9:12]
+bad = status(ask(b"GET / HTTP/1.1\r\nBad\x01Header: x\r\n\r\n"))
+big = status(ask(b"GET / HTTP/1.1\r\nX: " + b"a" * 16384 + b"\r\n\r\n"))
+flood = status(ask(None, flood=True))
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+ok = s.recv(4096)
+print("ok" if (bad, big, flood) == (b"400", b"431", b"431") and ok.endswith(b"Hello, World!")
+      else "FAIL %r %r %r %r" % (bad, big, flood, ok[:12]))
+PY
 }
 
 check_echo() { # name args...
@@ -117,6 +154,36 @@ PY
   port=$((port + 2))
 }
 
+check_metrics() { # name args...: --metrics-port serves Prometheus text that counts wrk's traffic
+  local name=$1; shift
+  local mport=$((port + 1000)) url="http://127.0.0.1:$port/"
+  "$bin/$name" --port "$port" --metrics-port "$mport" "$@" >/tmp/zerg-smoke-$name-metrics.log 2>&1 &
+  local pid=$!
+  for _ in $(seq 50); do curl -s -o /dev/null "$url" && break; sleep 0.1; done
+  # Bytes of one response (head and body): every response wrk counted was sent whole.
+  local size; size=$(curl -s --max-time 5 -o /dev/null -w '%{size_header} %{size_download}' "$url" \
+    | awk '{printf "%d", $1 + $2}' || true)
+  local out; out=$(wrk -t1 -c64 -d2s --timeout 2s "$url" 2>&1 || true)
+  local reqs; reqs=$(awk '/ requests in / {print $1}' <<<"$out")
+  local text; text=$(curl -s --max-time 5 "http://127.0.0.1:$mport/metrics" || true)
+  local sum='{s += $2} END {printf "%d", s}'
+  local sent; sent=$(awk "/^zerg_sent_bytes_total[{]/ $sum" <<<"$text")
+  local opened; opened=$(awk "/^zerg_connections_opened_total[{]/ $sum" <<<"$text")
+  kill -INT "$pid" 2>/dev/null || true
+  local rc=0; wait "$pid" || rc=$?
+  # wrk's 64 connections and curl's were opened; at least requests x size bytes were sent.
+  local ok=ok
+  if [[ -z "$reqs" || "$reqs" -le 0 || "$size" -le 0 || "$sent" -lt $((reqs * size)) \
+        || "$opened" -lt 66 ]] \
+     || ! grep -q '^# TYPE zerg_connections gauge$' <<<"$text"; then
+    ok=FAIL
+  fi
+  printf '%-10s %-40s metrics=%-4s requests=%-9s sent=%-11s (>= %s x %s) opened=%-5s exit=%s\n' \
+    "$name" "--metrics-port $*" "$ok" "$reqs" "$sent" "$reqs" "$size" "$opened" "$rc"
+  if [[ "$ok" != ok || "$rc" != 0 ]]; then fail=1; cat /tmp/zerg-smoke-$name-metrics.log; fi
+  port=$((port + 1))
+}
+
 check_http raw
 check_http raw --mode reactor --accept per-reactor --reactors 2
 check_http raw --incremental
@@ -129,6 +196,9 @@ check_proxy --mode runtime --reactors 2
 for ex in pipereader stream hyper codec; do
   [[ -x "$bin/$ex" ]] && check_http "$ex"
 done
+check_metrics raw
+check_metrics raw --mode reactor --accept per-reactor --reactors 2
+if [[ -x "$bin/hyper" ]]; then check_metrics hyper --mode reactor; fi
 if [[ -x "$bin/tls" ]]; then
   check_https
   check_https --mode reactor --accept per-reactor --reactors 2

@@ -20,6 +20,7 @@
 //! zerg-bench loadgen     --port P --mode echo|http|churn|idle --conns N [--depth D] [--size B]
 //!                        [--rate R] [--reqs-per-conn K] [--any-http] [--batch N]
 //!                        [--warmup S] [--duration S] [--threads T]
+//! zerg-bench micro       [--iters N] [--reps R]   (timers, local tasks, tokio context: ns/op)
 //! zerg-bench all         [--quick] [--reps N] [--warmup S] [--duration S] [--rate R]
 //!                        [--only a,b] [--servers a,b] [--out DIR] [--examples DIR]
 //! ```
@@ -28,6 +29,7 @@
 
 mod args;
 mod loadgen;
+mod micro;
 mod proto;
 mod runner;
 mod servers;
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         "tokio-resp" => servers::resp::main(rest),
         "tokio-hyper" => servers::hyper::main(rest),
         "loadgen" => loadgen::main(rest),
+        "micro" => micro::main(rest),
         "all" | "run" => runner::main(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -76,5 +79,6 @@ const USAGE: &str = "usage:
   zerg-bench loadgen     --port P --mode echo|http|churn|idle --conns N [--depth D] [--size B]
                          [--rate R] [--reqs-per-conn K] [--any-http] [--batch N]
                          [--warmup SECS] [--duration SECS] [--threads T]
+  zerg-bench micro       [--iters N] [--reps R]
   zerg-bench all         [--quick] [--reps N] [--warmup SECS] [--duration SECS] [--rate R]
                          [--only WORKLOAD,..] [--servers NAME,..] [--out DIR] [--examples DIR]";

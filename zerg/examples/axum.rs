@@ -59,6 +59,8 @@ fn run_axum_serve(args: &Args, app: axum::Router) {
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail(&format!("tokio runtime: {e}")));
+    // Bound before the engine starts: a taken port fails before anything runs.
+    let metrics = common::metrics::Endpoint::bind(args);
     rt.block_on(async {
         let mut stop = common::Stop::new();
         let engine = match Engine::listen(args.options()) {
@@ -71,6 +73,9 @@ fn run_axum_serve(args: &Args, app: axum::Router) {
             args.reactors,
             args.accept
         );
+        if let Some(m) = metrics {
+            m.serve(&engine);
+        }
         let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
         let listener = zerg_uring::axum::Listener::new(engine.clone());
         let mut server = tokio::spawn(
@@ -122,8 +127,7 @@ fn fail(msg: &str) -> ! {
 }
 
 fn main() {
-    hyper_rt::init_logging();
-    let args = Args::parse();
+    let args = Args::parse(common::Kind::Http);
     let app = axum_app::app();
     match args.mode {
         Mode::Runtime => run_axum_serve(&args, app),

@@ -7,12 +7,18 @@
 //! cargo run --release --example echo -- --mode reactor --reactors 2
 //! ```
 //!
-//! Flags: --port, --reactors, --recv-buffer-size, --buffer-ring-entries, --incremental,
-//! --mode runtime|reactor, --accept dedicated|per-reactor, --workers. SIGINT/SIGTERM stop it.
+//! Memory per connection is bounded by the library: a peer that sends without reading gets no
+//! more than `max_buffers_per_connection` receive buffers in flight (TCP flow control pushes back
+//! on it), and one that stops reading is dropped by the write timeout.
+//!
+//! Flags (`--help`): --port, --reactors, --recv-buffer-size, --buffer-ring-entries,
+//! --incremental, --mode runtime|reactor, --accept dedicated|per-reactor, --workers, --sqpoll,
+//! --max-connections, --write-timeout (default 30 s), --read-timeout (60 s), --idle-timeout
+//! (75 s); 0 turns a timeout off. SIGINT/SIGTERM stop it.
 
 mod common;
 
-use common::Args;
+use common::{Args, Kind};
 use zerg_uring::Connection;
 
 async fn handle(mut conn: Connection) {
@@ -32,6 +38,6 @@ async fn handle(mut conn: Connection) {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = Args::parse(Kind::Tcp);
     common::run(&args, args.options(), handle);
 }

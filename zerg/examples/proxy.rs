@@ -224,7 +224,20 @@ const USAGE: &str = "usage: proxy --upstream HOST:PORT [flags]
   --write-timeout SECS      a send that makes no progress this long fails (default 30)
   --max-write-buffer BYTES  bytes staged per connection (default 1048576)
   --idle-timeout SECS       close a pair idle this long
-  --read-timeout SECS       close a side that sends nothing this long";
+  --read-timeout SECS       close a side that sends nothing this long
+logging: RUST_LOG (tracing-subscriber EnvFilter syntax), default \"info\"; logs go to stderr";
+
+/// Logs to stderr through `tracing-subscriber`, filtered by `RUST_LOG` (default `info`), so the
+/// library's events are seen.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
 
 fn fail(msg: &str) -> ! {
     eprintln!("error: {msg}\n{USAGE}");
@@ -410,6 +423,7 @@ fn started(engine: zerg_uring::Result<Engine>, args: &Args) -> Engine {
 }
 
 fn main() {
+    init_tracing();
     let args = Args::parse();
     let (upstream, timeout) = (args.upstream, args.connect_timeout);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -8,41 +8,51 @@
 //! cargo run --release --example raw -- --mode reactor --accept per-reactor --reactors 2
 //! ```
 //!
-//! Flags: --port, --reactors, --recv-buffer-size, --buffer-ring-entries, --incremental,
-//! --mode runtime|reactor, --accept dedicated|per-reactor, --workers. SIGINT/SIGTERM stop it.
+//! Requests are framed by `common::http`: heads found with memchr's memmem and parsed with
+//! httparse in place in the receive buffers (a head split across buffers is copied aside, at
+//! most 8 KiB). Bodies up to 1 MiB (`Content-Length`) are skipped; a request over the limits is
+//! answered 431/413, a malformed one 400, a `Transfer-Encoding` 501, and the connection closed.
+//!
+//! Flags (`--help`): --port, --reactors, --recv-buffer-size, --buffer-ring-entries,
+//! --incremental, --mode runtime|reactor, --accept dedicated|per-reactor, --workers, --sqpoll,
+//! --max-connections, and the timeouts: --write-timeout (default 30 s), --header-timeout (60 s),
+//! --read-timeout (60 s), --idle-timeout (75 s); 0 turns one off. SIGINT/SIGTERM stop it.
+//!
+//! Metrics: `--metrics-port 9090` (built with `--features prometheus`) serves the engine's
+//! counters as Prometheus text at `http://IP:9090/metrics` (IP: `--ip`, default all addresses):
+//!
+//! ```text
+//! cargo run --release --example raw --features prometheus -- --metrics-port 9090
+//! curl -s http://127.0.0.1:9090/metrics | grep zerg_connections
+//! ```
 
 mod common;
 
-use common::{Args, RESPONSE, RequestCounter};
+use common::http::{Batch, Framer};
+use common::{Args, Kind};
 use zerg_uring::Connection;
 
 async fn handle(mut conn: Connection) {
-    let mut counter = RequestCounter::default();
+    let mut framer = Framer::default();
     loop {
         let snapshot = conn.read().await;
         if snapshot.is_closed() {
             return;
         }
-        let mut requests = 0;
+        let mut batch = Batch::default();
         for buf in snapshot.buffers() {
-            requests += counter.feed(buf);
+            framer.feed(buf, &mut batch);
         }
         // Every buffer goes back to the kernel here, in one call.
         drop(snapshot);
-        for _ in 0..requests {
-            let span = conn.get_span(RESPONSE.len());
-            span[..RESPONSE.len()].copy_from_slice(RESPONSE);
-            if conn.advance(RESPONSE.len()).is_err() {
-                return;
-            }
-        }
-        if conn.flush().await.is_err() {
+        // One copy of the prebuilt response per request, one flush per read.
+        if !common::answer(&mut conn, &batch).await {
             return;
         }
     }
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = Args::parse(Kind::Http);
     common::run(&args, args.options(), handle);
 }

@@ -8,53 +8,55 @@
 //! curl -i http://127.0.0.1:8080/
 //! ```
 //!
-//! Flags: --sq-cpu N (CPU of the SQPOLL threads, default 0) and the common ones: --port,
-//! --reactors, --recv-buffer-size, --buffer-ring-entries, --incremental, --mode runtime|reactor,
-//! --accept dedicated|per-reactor, --workers. SIGINT/SIGTERM stop it.
+//! Requests are framed like in `raw` (limits: head 8 KiB → 431, body 1 MiB → 413, malformed →
+//! 400, each then closed).
+//!
+//! Flags (`--help`): --sq-cpu N (CPU of the SQPOLL threads, default 0) and the common ones:
+//! --port, --reactors, --recv-buffer-size, --buffer-ring-entries, --incremental,
+//! --mode runtime|reactor, --accept dedicated|per-reactor, --workers, --max-connections,
+//! --write-timeout (default 30 s), --header-timeout (60 s), --read-timeout (60 s),
+//! --idle-timeout (75 s); 0 turns a timeout off. SIGINT/SIGTERM stop it.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Args, RESPONSE, RequestCounter};
+use common::http::{Batch, Framer};
+use common::{Args, Kind};
+use lexopt::ValueExt;
 use zerg_uring::Connection;
 
 async fn handle(mut conn: Connection) {
-    let mut counter = RequestCounter::default();
+    let mut framer = Framer::default();
     loop {
         let snapshot = conn.read().await;
         if snapshot.is_closed() {
             return;
         }
-        let requests: usize = snapshot.buffers().map(|b| counter.feed(b)).sum();
-        drop(snapshot);
-        for _ in 0..requests {
-            if conn.write(RESPONSE).is_err() {
-                return;
-            }
+        let mut batch = Batch::default();
+        for buf in snapshot.buffers() {
+            framer.feed(buf, &mut batch);
         }
-        if conn.flush().await.is_err() {
+        drop(snapshot);
+        if !common::answer(&mut conn, &batch).await {
             return;
         }
     }
 }
 
 fn main() {
-    // `--sq-cpu N` is ours; everything else goes to the common parser.
     let mut sq_cpu = 0u32;
-    let mut rest = vec![std::env::args().next().unwrap_or_default()];
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        if a == "--sq-cpu" {
-            sq_cpu = it
-                .next()
-                .and_then(|v| v.parse().ok())
-                .expect("--sq-cpu needs a CPU number");
-        } else {
-            rest.push(a);
-        }
-    }
-    let args = Args::parse_from(rest);
+    let args = Args::parse_with(
+        Kind::Http,
+        "sqpoll flags:\n  --sq-cpu N                CPU of the SQPOLL threads (default 0)",
+        |flag, p| {
+            if flag != "sq-cpu" {
+                return Ok(false);
+            }
+            sq_cpu = p.value()?.parse()?;
+            Ok(true)
+        },
+    );
     let mut options = args.options();
     for rc in &mut options.reactor_configs {
         // SQPOLL excludes DEFER_TASKRUN.

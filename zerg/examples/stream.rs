@@ -8,37 +8,44 @@
 //! cargo run --release --features tokio --example stream -- --mode reactor
 //! ```
 //!
-//! Flags: --port, --reactors, --recv-buffer-size, --buffer-ring-entries, --incremental,
-//! --mode runtime|reactor, --accept dedicated|per-reactor, --workers, --sqpoll. SIGINT/SIGTERM
-//! stop it.
+//! Requests are framed by `common::http` (httparse; a head split across reads carried aside, at
+//! most 8 KiB): head over 8 KiB or 100 fields → 431, malformed → 400, body over 1 MiB → 413,
+//! `Transfer-Encoding` → 501, each answered and the connection closed; bodies up to 1 MiB are
+//! skipped.
+//!
+//! Flags (`--help`): --port, --reactors, --recv-buffer-size, --buffer-ring-entries,
+//! --incremental, --mode runtime|reactor, --accept dedicated|per-reactor, --workers, --sqpoll,
+//! --max-connections, --write-timeout (default 30 s), --header-timeout (60 s), --read-timeout
+//! (60 s), --idle-timeout (75 s); 0 turns a timeout off. SIGINT/SIGTERM stop it.
 
 mod common;
 
-use common::{Args, RESPONSE, RequestCounter};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::http::{Batch, Framer, Then};
+use common::{Args, Kind};
+use tokio::io::AsyncReadExt;
 use zerg_uring::{Connection, ConnectionStream};
 
 async fn handle(conn: Connection) {
     let mut stream = ConnectionStream::new(conn);
-    let mut counter = RequestCounter::default();
+    let mut framer = Framer::default();
     let mut buf = [0u8; 4096];
     loop {
         let n = match stream.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        for _ in 0..counter.feed(&buf[..n]) {
-            if stream.write_all(RESPONSE).await.is_err() {
-                return;
-            }
+        let mut batch = Batch::default();
+        framer.feed(&buf[..n], &mut batch);
+        if let Then::Reject(r) = batch.then {
+            common::log_reject(stream.get_ref(), r);
         }
-        if stream.flush().await.is_err() {
+        if !common::answer_stream(&mut stream, &batch).await {
             return;
         }
     }
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = Args::parse(Kind::Http);
     common::run(&args, args.options(), handle);
 }

@@ -95,38 +95,6 @@ async fn handle(acceptor: TlsAcceptor, conn: Connection) {
 struct TlsArgs {
     cert: Option<String>,
     key: Option<String>,
-    rest: Vec<String>,
-}
-
-fn split_args(args: impl IntoIterator<Item = String>) -> TlsArgs {
-    let mut out = TlsArgs {
-        cert: None,
-        key: None,
-        rest: Vec::new(),
-    };
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        let slot = match arg.as_str() {
-            "--cert" => &mut out.cert,
-            "--key" => &mut out.key,
-            "-h" | "--help" => {
-                println!(
-                    "tls flags:\n  --cert FILE               certificate chain (PEM)\n  --key FILE                private key (PEM)"
-                );
-                out.rest.push(arg);
-                continue;
-            }
-            _ => {
-                out.rest.push(arg);
-                continue;
-            }
-        };
-        match it.next() {
-            Some(v) => *slot = Some(v),
-            None => fail(&format!("{arg} needs a value")),
-        }
-    }
-    out
 }
 
 fn fail(msg: &str) -> ! {
@@ -176,9 +144,23 @@ fn server_config(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static
 }
 
 fn main() {
-    hyper_rt::init_logging();
-    let tls = split_args(std::env::args());
-    let args = Args::parse_from(tls.rest.clone());
+    let mut tls = TlsArgs {
+        cert: None,
+        key: None,
+    };
+    let args = Args::parse_with(
+        common::Kind::Http,
+        "TLS flags:\n  --cert FILE               certificate chain (PEM)\n  --key FILE                private key (PEM)",
+        |flag, parser| {
+            let slot = match flag {
+                "--cert" => &mut tls.cert,
+                "--key" => &mut tls.key,
+                _ => return Ok(false),
+            };
+            *slot = Some(lexopt::ValueExt::string(parser.value()?)?);
+            Ok(true)
+        },
+    );
     let (chain, key, source) = certificate(&tls).unwrap_or_else(|e| fail(&e));
     let acceptor = TlsAcceptor::from(Arc::new(server_config(chain, key)));
     if args.mode == Mode::Reactor

@@ -1,6 +1,6 @@
 //! The acceptor thread ([`AcceptMode::Dedicated`](crate::AcceptMode::Dedicated)): a multishot
-//! accept in its own ring, and a round-robin hand-off of every connection straight into a
-//! reactor's completion queue with `IORING_OP_MSG_RING` (no queue, no eventfd write).
+//! accept per listener in its own ring, and a round-robin hand-off of every connection straight
+//! into a reactor's completion queue with `IORING_OP_MSG_RING` (no queue, no eventfd write).
 //!
 //! When every reactor uses direct descriptors, so does the acceptor: it accepts into its own
 //! ring's file table and passes each connection into the reactor ring's table
@@ -21,7 +21,8 @@ use io_uring::cqueue;
 use crate::admission::{AcceptGate, Admission, GateAction, Room};
 use crate::config::AcceptorConfig;
 use crate::error::{Error, Result};
-use crate::lifecycle::{AcceptorShared, Lifecycle};
+use crate::lifecycle::{AcceptorShared, Lifecycle, ThreadGuard};
+use crate::log_throttle::{Throttles, log_accept_error, warn_throttled};
 use crate::ring::token::{ConnectionId, Kind, Token};
 use crate::ring::{Ring, SockFd};
 use crate::runtime::ReactorShared;
@@ -39,13 +40,17 @@ struct Acceptor {
     shared: Arc<AcceptorShared>,
     engine: Arc<Lifecycle>,
     ring: Ring,
-    listener: RawFd,
+    /// The listeners; the accept on `listeners[i]` carries slot `i` in its token.
+    listeners: Vec<RawFd>,
     targets: Vec<Target>,
     next: usize,
     batch: usize,
-    accept_armed: bool,
+    /// Per listener: its accept is in flight.
+    armed: Vec<bool>,
     inflight: u32,
     stats: AcceptorStats,
+    /// Warnings that could repeat at the rate of traffic.
+    logs: Throttles,
     stopping: bool,
     admission: Arc<Admission>,
     /// The accept against the connection caps.
@@ -61,19 +66,24 @@ struct Acceptor {
 /// `ENFILE`, retried after the back-off like `EMFILE`.
 const ACCEPTOR_SLOTS: u32 = 4096;
 
-/// Starts the acceptor thread; returns once its ring is set up and the accept is armed.
+/// Starts the acceptor thread; returns once its ring is set up and the accepts are armed.
 pub(crate) fn spawn(
     config: AcceptorConfig,
-    listener: RawFd,
+    listeners: Vec<RawFd>,
     reactors: Vec<Arc<ReactorShared>>,
     engine: Arc<Lifecycle>,
     admission: Arc<Admission>,
+    exit: ThreadGuard,
 ) -> Result<(Arc<AcceptorShared>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Arc<AcceptorShared>>>(1);
     let thread = std::thread::Builder::new()
         .name("zerg-acceptor".into())
         .spawn(move || {
-            let mut acceptor = match Acceptor::new(&config, listener, reactors, engine, admission) {
+            // Dropped last, when the thread is done (`Engine::stopped`).
+            let _exit = exit;
+            let _span = tracing::error_span!("acceptor").entered();
+            let mut acceptor = match Acceptor::new(&config, listeners, reactors, engine, admission)
+            {
                 Ok(a) => a,
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -105,6 +115,17 @@ pub(crate) fn spawn(
     }
 }
 
+/// The token of the accept on listener `i` (listener 0's is `Token::engine(Kind::Accept)`).
+fn accept_token(i: usize) -> u64 {
+    Token::conn(
+        Kind::Accept,
+        ConnectionId {
+            slot: i as u32,
+            generation: 0,
+        },
+    )
+}
+
 fn push_error(e: std::io::Error) -> Error {
     Error::io("acceptor submission queue push", e)
 }
@@ -112,7 +133,7 @@ fn push_error(e: std::io::Error) -> Error {
 impl Acceptor {
     fn new(
         config: &AcceptorConfig,
-        listener: RawFd,
+        listeners: Vec<RawFd>,
         reactors: Vec<Arc<ReactorShared>>,
         engine: Arc<Lifecycle>,
         admission: Arc<Admission>,
@@ -144,13 +165,14 @@ impl Acceptor {
             shared: Arc::new(AcceptorShared::new(wake)),
             engine,
             ring,
-            listener,
+            armed: vec![false; listeners.len()],
+            listeners,
             targets,
             next: 0,
             batch: config.batch_sqes as usize,
-            accept_armed: false,
             inflight: 0,
             stats: AcceptorStats::default(),
+            logs: Throttles::default(),
             stopping: false,
             admission,
             gate: AcceptGate::default(),
@@ -158,7 +180,7 @@ impl Acceptor {
             direct,
         };
         a.arm_wake()?;
-        a.arm_accept()?;
+        a.arm_accepts()?;
         a.ring
             .submit(false, None)
             .map_err(|e| Error::io("io_uring_enter for the acceptor", e))?;
@@ -174,18 +196,34 @@ impl Acceptor {
         Ok(())
     }
 
-    /// Arms the accept: multishot below the caps' low watermark, one connection at a time above.
-    fn arm_accept(&mut self) -> Result<()> {
-        let token = Token::engine(Kind::Accept);
+    /// Arms the accept on listener `i`: multishot below the caps' low watermark, one connection
+    /// at a time above.
+    fn arm_accept(&mut self, i: usize) -> Result<()> {
+        let token = accept_token(i);
         if self.gate.arming(self.room()) {
-            self.ring.accept_multi(self.listener, self.direct, token)
+            self.ring
+                .accept_multi(self.listeners[i], self.direct, token)
         } else {
-            self.ring.accept_one(self.listener, self.direct, token)
+            self.ring.accept_one(self.listeners[i], self.direct, token)
         }
         .map_err(push_error)?;
-        self.accept_armed = true;
+        self.armed[i] = true;
         self.inflight += 1;
         Ok(())
+    }
+
+    /// Arms the accept on every listener that has none in flight.
+    fn arm_accepts(&mut self) -> Result<()> {
+        for i in 0..self.listeners.len() {
+            if !self.armed[i] {
+                self.arm_accept(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn any_armed(&self) -> bool {
+        self.armed.contains(&true)
     }
 
     fn run(&mut self) -> Result<()> {
@@ -225,10 +263,11 @@ impl Acceptor {
         };
         match token.kind {
             Kind::Accept => {
+                let i = token.id.slot as usize;
                 let more = cqueue::more(flags);
                 if !more {
                     self.inflight -= 1;
-                    self.accept_armed = false;
+                    self.armed[i] = false;
                     self.gate.ended();
                 }
                 // Stopping: the listener was shut down, which ends the accept with an error.
@@ -242,9 +281,16 @@ impl Acceptor {
                     self.accepted(fd)?;
                 } else if res != -libc::ECANCELED && !stopping {
                     self.stats.accept_errors += 1;
-                    tracing::warn!(error = %std::io::Error::from_raw_os_error(-res), "accept failed");
+                    log_accept_error(&mut self.logs.accept_errors, -res);
                 }
-                if !more && !stopping && !self.gate.is_paused() {
+                if res == -libc::EINVAL && !stopping {
+                    // The socket left the listening state under us (another holder of an
+                    // inherited listener shut it down): re-arming would fail at once, forever.
+                    tracing::error!(
+                        listener = i,
+                        "listener is no longer listening; accepting on it stopped"
+                    );
+                } else if !more && !stopping && !self.gate.is_paused() {
                     if res == -libc::EMFILE || res == -libc::ENFILE {
                         // Out of descriptors: re-arming at once would spin; retry after a pause.
                         self.ring
@@ -253,15 +299,15 @@ impl Acceptor {
                         self.inflight += 1;
                     } else {
                         self.stats.accept_rearms += 1;
-                        self.arm_accept()?;
+                        self.arm_accept(i)?;
                     }
                 }
             }
             Kind::AcceptBackoff => {
                 self.inflight -= 1;
-                if !self.stopping && !self.accept_armed && !self.gate.is_paused() {
+                if !self.stopping && !self.gate.is_paused() {
                     self.stats.accept_rearms += 1;
-                    self.arm_accept()?;
+                    self.arm_accepts()?;
                 }
             }
             Kind::HandOff => {
@@ -304,25 +350,27 @@ impl Acceptor {
             tracing::debug!(?fd, "accepted past the connection cap; waiting for a place");
             self.deferred.push_back(fd);
         }
-        let cancel = match self.gate.placed(self.accept_armed, self.room()) {
+        let cancel = match self.gate.placed(self.any_armed(), self.room()) {
             GateAction::Nothing => false,
             GateAction::Cancel => true,
             GateAction::Pause { cancel } => {
                 self.stats.accept_pauses += 1;
-                tracing::warn!(
+                warn_throttled!(
+                    self.logs.accept_pauses,
                     "connection cap reached: accepting paused, new connections wait in the listen backlog"
                 );
                 cancel
             }
         };
         if cancel {
-            self.ring
-                .cancel(
-                    Token::engine(Kind::Accept),
-                    Token::engine(Kind::AcceptCancel),
-                )
-                .map_err(push_error)?;
-            self.inflight += 1;
+            for i in 0..self.listeners.len() {
+                if self.armed[i] {
+                    self.ring
+                        .cancel(accept_token(i), Token::engine(Kind::AcceptCancel))
+                        .map_err(push_error)?;
+                    self.inflight += 1;
+                }
+            }
         }
         Ok(())
     }
@@ -387,8 +435,8 @@ impl Acceptor {
             self.deferred.pop_front();
         }
         let targets = &self.targets;
-        // The paused accept's last completion must have arrived before it is armed again.
-        if self.accept_armed
+        // The paused accepts' last completions must have arrived before they are armed again.
+        if self.any_armed()
             || !self
                 .admission
                 .resume_or_park(None, |i| !targets[i].shared.has_exited())
@@ -396,9 +444,13 @@ impl Acceptor {
             return Ok(());
         }
         self.gate.resume();
-        tracing::info!("below the connection cap again: accepting");
+        if self.logs.accept_pauses.last_warned() {
+            tracing::info!("below the connection cap again: accepting");
+        } else {
+            tracing::debug!("below the connection cap again: accepting");
+        }
         self.stats.accept_rearms += 1;
-        self.arm_accept()
+        self.arm_accepts()
     }
 
     /// Closes a connection nobody will serve (the engine stops).

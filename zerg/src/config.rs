@@ -27,9 +27,11 @@ use std::time::Duration;
 use crate::error::{ConfigError, Result};
 
 mod limits;
+mod listen;
 
 /// Which addresses the listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum IpVersion {
     /// IPv4 only (`AF_INET`). The configured address must be an IPv4 address.
     Ipv4,
@@ -43,6 +45,7 @@ pub enum IpVersion {
 
 /// How accepted connections reach the reactors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum AcceptMode {
     /// One acceptor thread with its own ring runs a multishot accept and hands each connection to
     /// the next reactor in turn (round-robin), posting it straight into the reactor's completion
@@ -64,13 +67,16 @@ pub struct EngineOptions {
     /// More reactors scale across cores; each one reserves its own receive memory.
     /// Default: `1`.
     pub reactor_count: usize,
-    /// Address to bind. Default: `0.0.0.0` (all interfaces; `::` in dual-stack mode).
+    /// Address to bind. Default: `0.0.0.0` (all interfaces; `::` in dual-stack mode). Not used
+    /// when listening sockets were given ([`EngineOptions::listener`]).
     pub ip: IpAddr,
     /// TCP port. `0` asks the kernel for a free port; read it back with
-    /// [`Engine::local_addr`](crate::Engine::local_addr). Default: `8080`.
+    /// [`Engine::local_addr`](crate::Engine::local_addr). Default: `8080`. Not used when
+    /// listening sockets were given.
     pub port: u16,
     /// Listen backlog (the kernel caps it at `net.core.somaxconn`). A deep backlog absorbs
-    /// connection bursts; a shallow one refuses them sooner. Default: `65535`.
+    /// connection bursts; a shallow one refuses them sooner. Default: `65535`. Not used when
+    /// listening sockets were given (their maker chose it).
     pub backlog: u32,
     /// Where accepts run. Default: [`AcceptMode::Dedicated`].
     pub accept_mode: AcceptMode,
@@ -104,6 +110,9 @@ pub struct EngineOptions {
     /// closed. Accepting resumes once the count is back at 90 % of the cap. Both caps apply; `0`
     /// means the sum of the per-reactor caps. Default: `0`.
     pub max_connections: u32,
+    /// Listening sockets to accept on instead of binding `ip:port` (see
+    /// [`EngineOptions::listener`]).
+    pub(crate) listeners: Vec<listen::Inherited>,
 }
 
 impl Default for EngineOptions {
@@ -120,6 +129,7 @@ impl Default for EngineOptions {
             tokio_context: None,
             reactor_configs: Vec::new(),
             max_connections: 0,
+            listeners: Vec::new(),
         }
     }
 }
@@ -182,6 +192,8 @@ impl EngineOptions {
             .into());
         }
         match (self.acceptor.ip_version, self.ip) {
+            // Given listening sockets: `ip` is not bound.
+            _ if !self.listeners.is_empty() => {}
             (IpVersion::Ipv4, IpAddr::V6(_)) => {
                 return Err(ConfigError::new(
                     "ip",
@@ -198,6 +210,7 @@ impl EngineOptions {
             }
             _ => {}
         }
+        listen::validate(self)?;
         self.acceptor.validate()?;
         for i in 0..self.reactor_count {
             self.reactor_config(i).validate()?;
@@ -233,6 +246,9 @@ pub enum TokioContext {
     /// for that flavor, since a runtime nobody drives would leave tokio timers waiting forever).
     Handle(tokio::runtime::Handle),
 }
+
+/// Largest [`ReactorConfig::min_wait`]: a batching wait, not a timer.
+const MAX_MIN_WAIT: Duration = Duration::from_secs(1);
 
 /// Configuration of one reactor (C# zerg: `ReactorConfig`).
 #[derive(Debug, Clone, PartialEq)]
@@ -278,6 +294,13 @@ pub struct ReactorConfig {
     /// cross-thread requests wake the reactor at once through its eventfd, so an idle reactor
     /// does not wake at all. `Some(d)` also wakes it every `d` (only useful for diagnostics).
     pub cq_timeout: Option<Duration>,
+    /// Batch completions under load (`min_wait_usec` of `IORING_ENTER_EXT_ARG`, Linux 6.12): a
+    /// reactor with nothing to do waits up to this long for a batch of completions before it
+    /// wakes for fewer (never longer than that once one has arrived; an idle reactor still
+    /// sleeps until work comes). Fewer wake-ups and `io_uring_enter` calls per request, at up to
+    /// this much added latency per wait. Older kernels ignore it (logged once). `None` (the
+    /// default) wakes for the first completion. See docs/tuning.md.
+    pub min_wait: Option<Duration>,
     /// `IOU_PBUF_RING_INC` (Linux 6.12): the kernel packs several receives into one buffer at
     /// successive offsets, so small messages do not each pin a whole buffer. A buffer goes back to
     /// the ring once the kernel has moved past it and every piece of it was returned.
@@ -376,6 +399,7 @@ impl ReactorConfig {
         batch_cqes: 4096,
         max_connections_per_reactor: 8192,
         cq_timeout: None,
+        min_wait: None,
         incremental_buffer_consumption: false,
         max_buffers_per_connection: 0,
         max_recv_bytes_per_connection: 256 * 1024,
@@ -462,6 +486,15 @@ impl ReactorConfig {
         limits::validate(self)?;
         if self.max_write_buffer == 0 {
             return e("max_write_buffer", "must be at least 1 byte".into());
+        }
+        if self
+            .min_wait
+            .is_some_and(|d| d < Duration::from_micros(1) || d > MAX_MIN_WAIT)
+        {
+            return e(
+                "min_wait",
+                "must be in 1 µs..=1 s (use None to wake for the first completion)".into(),
+            );
         }
         for (field, value) in [
             ("write_timeout", self.write_timeout),
@@ -603,87 +636,4 @@ fn validate_ring(prefix: &str, f: RingFlags) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Error;
-
-    fn field_of(err: Error) -> String {
-        match err {
-            Error::Config(c) => c.field().to_string(),
-            other => panic!("expected a config error, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn defaults_are_valid_and_small() {
-        let opts = EngineOptions::default();
-        opts.validate().unwrap();
-        // A default one-reactor engine reserves at most 64 MiB of receive buffers.
-        assert!(opts.reactor_config(0).receive_memory() <= 64 << 20);
-    }
-
-    #[test]
-    fn buffer_ring_entries_must_be_power_of_two() {
-        let opts = EngineOptions {
-            reactor_configs: vec![ReactorConfig {
-                buffer_ring_entries: 1000,
-                ..ReactorConfig::default()
-            }],
-            ..EngineOptions::default()
-        };
-        let err = opts.validate().unwrap_err();
-        let msg = err.to_string();
-        assert_eq!(field_of(err), "buffer_ring_entries");
-        assert!(msg.contains("power of two"), "{msg}");
-    }
-
-    #[test]
-    fn mismatched_reactor_configs_are_rejected() {
-        let opts = EngineOptions {
-            reactor_count: 3,
-            reactor_configs: vec![ReactorConfig::default(); 2],
-            ..EngineOptions::default()
-        };
-        assert_eq!(field_of(opts.validate().unwrap_err()), "reactor_configs");
-    }
-
-    #[test]
-    fn one_reactor_config_applies_to_all() {
-        let rc = ReactorConfig {
-            recv_buffer_size: 4096,
-            ..ReactorConfig::default()
-        };
-        let opts = EngineOptions {
-            reactor_count: 4,
-            reactor_configs: vec![rc.clone()],
-            ..EngineOptions::default()
-        };
-        opts.validate().unwrap();
-        assert_eq!(opts.reactor_config(3), &rc);
-    }
-
-    #[test]
-    fn sqpoll_excludes_defer_taskrun() {
-        let rc = ReactorConfig {
-            sqpoll: true,
-            ..ReactorConfig::default()
-        };
-        assert_eq!(field_of(rc.validate().unwrap_err()), "sqpoll");
-        let rc = ReactorConfig {
-            sqpoll: true,
-            defer_taskrun: false,
-            sq_cpu: Some(0),
-            ..ReactorConfig::default()
-        };
-        rc.validate().unwrap();
-    }
-
-    #[test]
-    fn address_family_must_match_ip_version() {
-        let mut opts = EngineOptions::default();
-        opts.acceptor.ip_version = IpVersion::Ipv6;
-        assert_eq!(field_of(opts.validate().unwrap_err()), "ip");
-        opts.ip = "::1".parse().unwrap();
-        opts.validate().unwrap();
-    }
-}
+mod tests;

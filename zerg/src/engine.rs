@@ -1,28 +1,25 @@
 //! [`Engine`]: starts the acceptor and reactors, hands out connections, stops everything.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use socket2::Socket;
-
 use crate::acceptor;
 use crate::admission::Admission;
 use crate::config::{AcceptMode, EngineOptions};
 use crate::conn::Connection;
-use crate::error::{Error, Result};
-use crate::lifecycle::Lifecycle;
+use crate::error::Result;
+use crate::lifecycle::{Lifecycle, ThreadGuard};
 use crate::net::{Connect, Job};
 use crate::reactor::outbound::Outbound;
 use crate::reactor::{self, HandlerFactory, Mode, ReactorInit};
 use crate::runtime::executor;
-use crate::stats::EngineStats;
-use crate::sys;
+use crate::stats::{EngineStats, StatsHandle};
+use crate::sys::listener::Listeners;
 
 /// A running zerg server: one acceptor thread (or per-reactor accept) and N reactor threads.
 ///
@@ -32,14 +29,42 @@ use crate::sys;
 /// the engine stops it and joins its threads.
 ///
 /// Engines share nothing: several can run in one process.
+///
+/// # Waiting for the end
+///
+/// [`join`](Engine::join) blocks the calling thread: call it from `main` or a plain thread,
+/// **never from async code** (it would block a runtime worker, and on a single-threaded runtime
+/// the handlers it waits for). In async code, await [`join_async`](Engine::join_async) or
+/// [`stopped`](Engine::stopped) instead. Dropping the engine also stops and joins it, blocking
+/// in the same way.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use zerg_uring::Engine;
+///
+/// #[tokio::main]
+/// async fn main() -> zerg_uring::Result<()> {
+///     let engine = Engine::listen(([0, 0, 0, 0], 8080))?;
+///     tokio::select! {
+///         _ = tokio::signal::ctrl_c() => engine.shutdown(Duration::from_secs(5)),
+///         _ = engine.stopped() => {} // a thread failed: join_async reports why
+///     }
+///     engine.join_async().await // no thread of the runtime is blocked
+/// }
+/// ```
+#[must_use = "dropping the Engine stops the server at once: keep it until it should stop, then \
+              `shutdown`/`stop` it and `join` (or `join_async`) it"]
 pub struct Engine {
     shared: Arc<Lifecycle>,
     accept_rx: async_channel::Receiver<Connection>,
-    local_addr: SocketAddr,
+    /// The distinct addresses listened on (at least one).
+    local_addrs: Vec<SocketAddr>,
     reactor_count: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    // Kept open until the threads are joined (shut down for reading at stop).
-    listeners: Vec<Socket>,
+    /// Closes once every acceptor and reactor thread is done (each holds a [`ThreadGuard`]).
+    exited: async_channel::Receiver<()>,
+    // Kept open until the threads are joined (own ones shut down for reading at stop).
+    listeners: Listeners,
     /// The tokio runtime zerg started for `TokioContext::Owned`; stopped after the reactors.
     #[cfg(feature = "tokio-context")]
     owned_tokio: Mutex<Option<crate::tokio_context::OwnedRuntime>>,
@@ -51,7 +76,7 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("local_addr", &self.local_addr)
+            .field("local_addrs", &self.local_addrs)
             .field("reactors", &self.reactor_count)
             .field("running", &self.is_running())
             .finish()
@@ -63,13 +88,31 @@ impl Engine {
     /// `new Engine(options)` + `Listen()`). Connections are then taken with
     /// [`accept`](Self::accept).
     ///
+    /// `options` is an [`EngineOptions`] or anything that converts into one: an address
+    /// (`SocketAddr`, `([127, 0, 0, 1], 8080)`, see [`EngineOptions::bind`] for host names) or
+    /// a `std::net::TcpListener` already listening (see [`EngineOptions::listener`]), each
+    /// with every other setting at its default.
+    ///
+    /// ```no_run
+    /// use zerg_uring::{Engine, EngineOptions};
+    ///
+    /// let a = Engine::listen(EngineOptions::with_port(8080))?;
+    /// let b = Engine::listen(([127, 0, 0, 1], 8081))?;
+    /// let c = Engine::listen(EngineOptions::bind("localhost:8082")?)?;
+    /// let d = Engine::listen(std::net::TcpListener::bind("[::1]:0")?)?;
+    /// # drop((a, b, c, d));
+    /// # Ok::<(), zerg_uring::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// [`Error::Config`] for an invalid configuration; [`Error::Io`] naming what failed (bind,
-    /// `io_uring_setup`, buffer-ring registration, thread spawn) with its errno;
-    /// [`Error::Unsupported`] when the kernel lacks a required feature. Nothing keeps running
-    /// after an error.
-    pub fn listen(options: EngineOptions) -> Result<Engine> {
+    /// [`Error::Config`](crate::Error::Config) for an invalid configuration (or a given
+    /// listener that is not a listening TCP socket); [`Error::Io`](crate::Error::Io) naming
+    /// what failed (bind, `io_uring_setup`, buffer-ring registration, thread spawn) with its
+    /// errno; [`Error::Unsupported`](crate::Error::Unsupported) when the kernel lacks a required
+    /// feature. Nothing keeps running after an error.
+    pub fn listen(options: impl Into<EngineOptions>) -> Result<Engine> {
+        let options = options.into();
         options.validate()?;
         let capacity = (0..options.reactor_count)
             .map(|i| options.reactor_config(i).max_connections_per_reactor as usize)
@@ -90,16 +133,18 @@ impl Engine {
     /// through its eventfd. A panicking handler closes its own connection and is counted in
     /// [`ReactorStats::handler_panics`](crate::ReactorStats::handler_panics).
     ///
+    /// `options` converts into [`EngineOptions`] as for [`listen`](Self::listen).
+    ///
     /// # Errors
     ///
     /// As for [`listen`](Self::listen).
-    pub fn serve<H, F>(options: EngineOptions, handler: H) -> Result<Engine>
+    pub fn serve<H, F>(options: impl Into<EngineOptions>, handler: H) -> Result<Engine>
     where
         H: Fn(Connection) -> F + Send + Sync + 'static,
         F: Future<Output = ()> + 'static,
     {
         let handler = Arc::new(handler);
-        Self::serve_factory(options, move |_| {
+        Self::serve_factory(options.into(), move |_| {
             let handler = handler.clone();
             move |conn| handler(conn)
         })
@@ -131,9 +176,9 @@ impl Engine {
     /// # Errors
     ///
     /// As for [`listen`](Self::listen); a panic in `init` fails the start with
-    /// [`Error::ReactorFailed`].
+    /// [`Error::ReactorFailed`](crate::Error::ReactorFailed).
     pub fn serve_with_state<S, I, H, F>(
-        options: EngineOptions,
+        options: impl Into<EngineOptions>,
         init: I,
         handler: H,
     ) -> Result<Engine>
@@ -144,7 +189,7 @@ impl Engine {
         F: Future<Output = ()> + 'static,
     {
         let handler = Arc::new(handler);
-        Self::serve_factory(options, move |index| {
+        Self::serve_factory(options.into(), move |index| {
             let state = Rc::new(init(index));
             let handler = handler.clone();
             move |conn| handler(conn, state.clone())
@@ -181,45 +226,10 @@ impl Engine {
             (Mode::Serve(_), Some(ctx)) => Some(crate::tokio_context::resolve(ctx)?),
             _ => None,
         };
-        let version = options.acceptor.ip_version;
-        let addr = sys::listener::bind_addr(options.ip, options.port, version);
         let per_reactor = options.accept_mode == AcceptMode::PerReactor;
-        let mut listeners = Vec::new();
-        let first = sys::listener::listen(
-            addr,
-            version,
-            options.backlog,
-            per_reactor,
-            options.tcp_keepalive,
-        )?;
-        let bound = first
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .ok_or_else(|| {
-                Error::io(
-                    format!("getsockname for listener {addr}"),
-                    std::io::Error::last_os_error(),
-                )
-            })?;
-        listeners.push(first);
-        if per_reactor {
-            for _ in 1..options.reactor_count {
-                listeners.push(sys::listener::listen(
-                    bound,
-                    version,
-                    options.backlog,
-                    true,
-                    options.tcp_keepalive,
-                )?);
-            }
-        }
-        let local_addr = match (options.ip, bound) {
-            (IpAddr::V4(v4), SocketAddr::V6(_)) if !v4.is_unspecified() => {
-                SocketAddr::new(IpAddr::V4(v4), bound.port())
-            }
-            _ => bound,
-        };
+        let listeners = Listeners::open(&options)?;
+        let local_addrs = listeners.addrs().to_vec();
+        let (exit, exited) = ThreadGuard::new();
 
         // On stop, `accept` returns `None` from then on and connections not yet accepted close.
         let queue = rx.clone();
@@ -233,10 +243,11 @@ impl Engine {
         let mut engine = Engine {
             shared: shared.clone(),
             accept_rx: rx,
-            local_addr,
+            local_addrs: local_addrs.clone(),
             reactor_count: options.reactor_count,
             threads: Mutex::new(Vec::new()),
-            listeners: Vec::new(),
+            exited,
+            listeners: Listeners::default(),
             #[cfg(feature = "tokio-context")]
             owned_tokio: Mutex::new(tokio.as_mut().and_then(|(_, owned)| owned.take())),
             outbound: Vec::new(),
@@ -246,13 +257,13 @@ impl Engine {
         let admission = Arc::new(Admission::for_engine(&options));
         let mut reactors = Vec::with_capacity(options.reactor_count);
         for index in 0..options.reactor_count {
-            let listener = listeners.get(index).filter(|_| per_reactor);
             let init = ReactorInit {
                 index,
                 config: options.reactor_config(index).clone(),
                 mode: mode.clone(),
-                listener: listener.map(|l| l.as_raw_fd()),
+                listener: listeners.for_reactor(index).filter(|_| per_reactor),
                 engine: shared.clone(),
+                exit: exit.clone(),
                 #[cfg(feature = "tokio-context")]
                 tokio: tokio.as_ref().map(|(h, _)| h.clone()),
                 admission: admission.clone(),
@@ -281,10 +292,11 @@ impl Engine {
         if !per_reactor {
             match acceptor::spawn(
                 options.acceptor.clone(),
-                listeners[0].as_raw_fd(),
+                listeners.fds(),
                 reactors,
                 shared.clone(),
                 admission,
+                exit,
             ) {
                 Ok((a, thread)) => {
                     shared.set_acceptor(a);
@@ -306,13 +318,20 @@ impl Engine {
         if shared.is_stopping() {
             shared.stop(Duration::ZERO);
         }
-        tracing::info!(addr = %local_addr, reactors = options.reactor_count, mode = ?options.accept_mode, "zerg engine listening");
+        tracing::info!(addrs = ?local_addrs, reactors = options.reactor_count, mode = ?options.accept_mode, "zerg engine listening");
         Ok(engine)
     }
 
-    /// The address the engine listens on (with the actual port when `port` was 0).
+    /// The address the engine listens on (with the actual port when `port` was 0); with several
+    /// listeners, the first one's (see [`local_addrs`](Self::local_addrs)).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.local_addrs[0]
+    }
+
+    /// Every distinct address the engine listens on, in the order of the listeners given
+    /// ([`EngineOptions::listeners`]); one address when the engine bound `ip:port` itself.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
     }
 
     /// Number of reactor threads.
@@ -322,6 +341,13 @@ impl Engine {
 
     /// Waits for the next connection, from any reactor (C# zerg: `AcceptAsync`). Works from any
     /// async runtime. Returns `None` once the engine stopped (or in [`serve`](Self::serve) mode).
+    ///
+    /// Several tasks may accept at once; each connection goes to one of them.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future (in a `select!` with a shutdown signal, say) loses no
+    /// connection — one not yet taken stays queued for the next `accept`.
     pub async fn accept(&self) -> Option<Connection> {
         self.accept_rx.recv().await.ok()
     }
@@ -332,19 +358,30 @@ impl Engine {
     /// socket is non-blocking, close-on-exec, with `TCP_NODELAY`. On a reactor thread,
     /// [`zerg_uring::connect`](crate::connect) keeps the connection on the caller's reactor.
     ///
-    /// `addr` must be resolved (see [`connect`](crate::connect)). Dropping the future before
-    /// it resolves cancels the attempt.
+    /// `addr` must be resolved (see [`connect`](crate::connect)).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it resolves abandons the attempt and loses nothing else: the
+    /// reactor cancels the connect, waits for the kernel to let go of it, then closes the
+    /// socket (a connection made meanwhile is closed).
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] naming `addr` with the errno; [`Error::EngineStopped`] when the engine
+    /// [`Error::Connect`](crate::Error::Connect) naming `addr` with the errno;
+    /// [`Error::EngineStopped`](crate::Error::EngineStopped) when the engine
     /// stopped or stops first.
     pub fn connect(&self, addr: impl Into<SocketAddr>) -> Connect {
         self.outbound_request(Job::connect(addr.into(), None))
     }
 
     /// Like [`connect`](Self::connect), giving up after `timeout` with
-    /// [`Error::ConnectTimedOut`] (a timeout linked to the connect in the kernel).
+    /// [`Error::ConnectTimedOut`](crate::Error::ConnectTimedOut) (a timeout linked to the
+    /// connect in the kernel).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`connect`](Self::connect).
     ///
     /// # Errors
     ///
@@ -357,10 +394,15 @@ impl Engine {
     /// connection of one of the engine's reactors (round-robin). On an error the stream is
     /// closed.
     ///
+    /// # Cancel safety
+    ///
+    /// The stream is given up at the call: dropping the future before it resolves closes it
+    /// (and the connection, if the reactor had already taken it over).
+    ///
     /// # Errors
     ///
-    /// [`Error::Io`] when the stream is not connected or cannot be set up;
-    /// [`Error::EngineStopped`].
+    /// [`Error::Io`](crate::Error::Io) when the stream is not connected or cannot be set up;
+    /// [`Error::EngineStopped`](crate::Error::EngineStopped).
     pub fn adopt(&self, stream: std::net::TcpStream) -> Connect {
         self.outbound_request(Job::Adopt(stream))
     }
@@ -380,34 +422,34 @@ impl Engine {
 
     /// Stops now: no more accepts, every connection closes (reads see
     /// [`CloseReason::EngineStopping`](crate::CloseReason::EngineStopping), flushes fail), the
-    /// threads exit. Does not block; [`join`](Self::join) waits for the threads.
+    /// threads exit. Does not block; [`join`](Self::join) (or [`join_async`](Self::join_async))
+    /// waits for the threads.
     pub fn stop(&self) {
         self.shared.stop(Duration::ZERO);
-        self.stop_listening();
+        self.listeners.stop();
     }
 
-    /// Stops gracefully: accepting stops at once (new connections are refused), live
-    /// connections get up to `grace` to finish (handlers keep reading and writing), then
-    /// whatever is left is closed as by [`stop`](Self::stop). Does not block.
+    /// Stops gracefully: accepting stops at once, live connections get up to `grace` to finish
+    /// (handlers keep reading and writing), then whatever is left is closed as by
+    /// [`stop`](Self::stop). Does not block.
+    ///
+    /// New connections are refused at once on the listeners the engine bound (they leave the
+    /// listening state). Listeners given with [`EngineOptions::listener`] keep listening for
+    /// their other holders: connections that arrive meanwhile wait in the backlog for the next
+    /// process (hot restart) or for systemd.
     pub fn shutdown(&self, grace: Duration) {
         self.shared.stop(grace);
-        self.stop_listening();
-    }
-
-    /// Takes the listeners out of LISTEN (`shutdown(SHUT_RD)`, after the stop flag is set):
-    /// connections waiting in the backlog are reset and new ones refused, and an armed accept
-    /// ends with an error. Without it the kernel kept completing handshakes until `join` closed
-    /// the listeners, and clients that connected during a graceful drain hung until then.
-    fn stop_listening(&self) {
-        for l in &self.listeners {
-            if let Err(e) = l.shutdown(std::net::Shutdown::Read) {
-                tracing::debug!(error = %e, "shutdown of a listener");
-            }
-        }
+        self.listeners.stop();
     }
 
     /// Waits until every thread exited (after [`stop`](Self::stop) or
-    /// [`shutdown`](Self::shutdown), or a failure), then releases the listeners.
+    /// [`shutdown`](Self::shutdown), or a failure), then releases the listeners. It does not
+    /// stop the engine itself.
+    ///
+    /// **This blocks the calling thread.** Call it from `main` or a plain thread, never from
+    /// async code: on a runtime it blocks a worker thread (on a single-threaded runtime,
+    /// possibly the very handlers it waits for, which never finishes). In async code use
+    /// [`join_async`](Self::join_async).
     ///
     /// # Errors
     ///
@@ -417,6 +459,58 @@ impl Engine {
         match self.shared.take_failure() {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// [`join`](Self::join) for async code: waits, without blocking any thread, until every
+    /// thread exited (after [`stop`](Self::stop) or [`shutdown`](Self::shutdown), or a
+    /// failure), then releases the listeners. Works on any runtime. It does not stop the
+    /// engine itself.
+    ///
+    /// # Cancel safety
+    ///
+    /// The future owns the engine: dropping it before it completes drops the engine, which stops
+    /// it and joins its threads, blocking (see [`Engine`]'s drop). To wait without giving the
+    /// engine up, use [`stopped`](Self::stopped).
+    ///
+    /// # Errors
+    ///
+    /// The failure that stopped the engine, if a thread failed.
+    pub async fn join_async(self) -> Result<()> {
+        self.stopped().await;
+        #[cfg(feature = "tokio-context")]
+        {
+            let owned = self
+                .owned_tokio
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(rt) = owned {
+                rt.stop_async().await;
+            }
+        }
+        // Every thread is past its last instruction of ours: joining only reaps it.
+        self.join()
+    }
+
+    /// Resolves once every acceptor and reactor thread of the engine has exited: after
+    /// [`stop`](Self::stop) or [`shutdown`](Self::shutdown) once the last connection closed,
+    /// or after a thread failed (then [`join`](Self::join) / [`join_async`](Self::join_async)
+    /// return the failure). It does not stop the engine.
+    ///
+    /// The future is `Send + 'static` and does not borrow the engine, so it can be spawned or
+    /// awaited in a `select!` next to a shutdown signal, on any runtime. It waits on an event
+    /// the threads signal as they exit; nothing polls. Every call returns a new future; all of
+    /// them resolve.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping it changes nothing.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let exited = self.exited.clone();
+        async move {
+            // Nothing is ever sent: `recv` ends when the last thread drops its guard.
+            let _ = exited.recv().await;
         }
     }
 
@@ -441,19 +535,20 @@ impl Engine {
 
     /// Counters of every reactor and the acceptor.
     pub fn stats(&self) -> EngineStats {
-        EngineStats {
-            reactors: self
-                .shared
+        self.stats_handle().stats()
+    }
+
+    /// A handle that reads [`stats`](Self::stats) from anywhere, without borrowing the engine:
+    /// for a metrics exporter that outlives this borrow (it keeps only the counters alive).
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle::new(
+            self.shared
                 .reactors()
                 .iter()
-                .map(|r| r.stats.load())
+                .map(|r| r.stats.clone())
                 .collect(),
-            acceptor: self
-                .shared
-                .acceptor()
-                .map(|a| a.stats.load())
-                .unwrap_or_default(),
-        }
+            self.shared.acceptor().map(|a| a.stats.clone()),
+        )
     }
 }
 

@@ -19,6 +19,11 @@ pub enum Error {
     /// A system call failed while setting the engine up or running it. `op` names what was
     /// being done (for example `"io_uring_setup for reactor 0"` or `"bind 0.0.0.0:8080"`);
     /// `source` carries the errno.
+    ///
+    /// A plain [`io::Error`] converted with `?` (the [`From`] impl below) becomes this variant
+    /// with `op` = `"I/O"`, so handlers returning [`Result`](crate::Result) can use `?` on
+    /// `std::io` calls; an [`io::Error`] that wraps a zerg [`Error`] (made by the
+    /// `From<Error> for io::Error` impl, as the adapters do) converts back to that error.
     #[error("{op}: {source}")]
     Io {
         /// What was being done.
@@ -57,10 +62,11 @@ pub enum Error {
         limit: usize,
     },
 
-    /// [`Connection::advance`](crate::Connection::advance) was asked to commit more bytes than
-    /// the span handed out by [`Connection::get_span`](crate::Connection::get_span).
-    #[error("advance({requested}) exceeds the {available} bytes of the span")]
-    AdvanceOutOfRange {
+    /// [`Connection::commit`](crate::Connection::commit) was asked to commit more bytes than
+    /// the span handed out by [`Connection::span_mut`](crate::Connection::span_mut). Nothing was
+    /// committed.
+    #[error("commit({requested}) exceeds the {available} bytes of the span")]
+    CommitOutOfRange {
         /// Bytes the call tried to commit.
         requested: usize,
         /// Bytes available in the span.
@@ -144,10 +150,41 @@ impl Error {
     }
 }
 
+/// A plain `io::Error` becomes [`Error::Io`] with `op` = `"I/O"`; one that carries a zerg
+/// [`Error`] (from `From<Error> for io::Error`, e.g. an error of
+/// [`ConnectionStream`](crate::ConnectionStream)'s `AsyncRead`) gives that error back, so a round
+/// trip through `io::Error` loses nothing.
+///
+/// ```
+/// fn parse_config(path: &str) -> zerg_uring::Result<String> {
+///     Ok(std::fs::read_to_string(path)?) // io::Error → Error::Io { op: "I/O", .. }
+/// }
+/// let err = parse_config("/nonexistent/zerg.toml").unwrap_err();
+/// assert!(matches!(err, zerg_uring::Error::Io { ref op, .. } if op == "I/O"), "{err:?}");
+///
+/// let closed = zerg_uring::Error::Closed(zerg_uring::CloseReason::Reset);
+/// let back = zerg_uring::Error::from(std::io::Error::from(closed));
+/// assert!(matches!(back, zerg_uring::Error::Closed(zerg_uring::CloseReason::Reset)));
+/// ```
+impl From<io::Error> for Error {
+    fn from(err: io::Error) -> Self {
+        if !err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            return Error::io("I/O", err);
+        }
+        let kind = err.kind();
+        match err.into_inner().map(|inner| inner.downcast::<Error>()) {
+            Some(Ok(zerg)) => *zerg,
+            // Not reached (checked above); keep whatever is there rather than panic.
+            Some(Err(other)) => Error::io("I/O", io::Error::new(kind, other)),
+            None => Error::io("I/O", io::Error::from(kind)),
+        }
+    }
+}
+
 impl From<Error> for io::Error {
     fn from(err: Error) -> Self {
         let kind = match &err {
-            Error::Config(_) | Error::AdvanceOutOfRange { .. } => io::ErrorKind::InvalidInput,
+            Error::Config(_) | Error::CommitOutOfRange { .. } => io::ErrorKind::InvalidInput,
             Error::MessageTooLarge { .. } => io::ErrorKind::InvalidData,
             Error::Io { source, .. } | Error::Unsupported { source, .. } => source.kind(),
             Error::Closed(reason) => reason.io_kind(),
@@ -254,6 +291,46 @@ mod tests {
         let e: io::Error = Error::io("bind", io::Error::from_raw_os_error(libc::EADDRINUSE)).into();
         assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
         assert!(e.to_string().starts_with("bind: "), "{e}");
+    }
+
+    #[test]
+    fn io_errors_convert_into_zerg_errors_and_back() {
+        let e = Error::from(io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        match &e {
+            Error::Io { op, source } => {
+                assert_eq!(op, "I/O");
+                assert_eq!(source.raw_os_error(), Some(libc::ECONNREFUSED));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(e.to_string().starts_with("I/O: "), "{e}");
+        // A zerg error that went through io::Error comes back as itself.
+        let full = Error::WriteBufferFull {
+            staged: 1,
+            requested: 2,
+            limit: 3,
+        };
+        let back = Error::from(io::Error::from(full));
+        assert!(
+            matches!(
+                back,
+                Error::WriteBufferFull {
+                    staged: 1,
+                    requested: 2,
+                    limit: 3
+                }
+            ),
+            "{back:?}"
+        );
+        // Another custom payload keeps its kind and message.
+        let e = Error::from(io::Error::new(io::ErrorKind::InvalidData, "bad frame"));
+        match e {
+            Error::Io { source, .. } => {
+                assert_eq!(source.kind(), io::ErrorKind::InvalidData);
+                assert_eq!(source.to_string(), "bad frame");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -46,17 +46,20 @@
 //!             }
 //!         });
 //!     }
-//!     engine.join()
+//!     engine.join_async().await // never the blocking `join` in async code
 //! }
 //! ```
 //!
 //! ## Where things are
 //!
-//! - [`Engine`]: start ([`Engine::listen`], [`Engine::serve`]), [`Engine::accept`], stop,
-//!   [`Engine::stats`].
+//! - [`Engine`]: start ([`Engine::listen`], [`Engine::serve`] — with [`EngineOptions`], an
+//!   address, or a listening `std::net::TcpListener`), [`Engine::accept`], stop
+//!   ([`shutdown`](Engine::shutdown), [`stop`](Engine::stop)), wait ([`join`](Engine::join)
+//!   from plain threads, [`join_async`](Engine::join_async) / [`stopped`](Engine::stopped) from
+//!   async code), [`Engine::stats`].
 //! - [`Connection`]: [`read`](Connection::read) → [`ReadSnapshot`] (byte slices, a
-//!   [`Sequence`], or [`RingItem`]s one by one); [`write`](Connection::write) /
-//!   [`get_span`](Connection::get_span) + [`advance`](Connection::advance) /
+//!   [`Sequence`], or [`RecvBuffer`]s one by one); [`write`](Connection::write) /
+//!   [`span_mut`](Connection::span_mut) + [`commit`](Connection::commit) /
 //!   [`std::io::Write`] / [`bytes::BufMut`], then [`flush`](Connection::flush).
 //! - Adapters: [`ConnectionReader`] (zero-copy reads with partial consumption) and
 //!   `ConnectionStream` (`tokio::io` / `futures_io` `AsyncRead` + `AsyncWrite`, for hyper and
@@ -65,10 +68,20 @@
 //! - Outbound connections: [`connect`] / [`connect_timeout`] / [`adopt`] on the calling task's
 //!   reactor (thread-per-core handlers), [`Engine::connect`] / [`Engine::adopt`] from anywhere;
 //!   the result is a [`Connection`] like an accepted one.
+//! - Listening: an address ([`EngineOptions::bind`], `From<SocketAddr>`), or sockets made
+//!   elsewhere ([`EngineOptions::listener`]: systemd socket activation, hot restarts, several
+//!   addresses).
+//! - Observability: [`Engine::stats`] / [`StatsHandle`] (counters per reactor),
+//!   `prometheus::EngineCollector` (feature `prometheus`), and [`tracing`] events inside a
+//!   `reactor` span per reactor thread and an `acceptor` span.
 //! - Configuration: [`EngineOptions`], [`ReactorConfig`], [`AcceptorConfig`], [`IpVersion`],
 //!   [`AcceptMode`].
+//! - Errors: one [`Error`] type; `?` converts `std::io::Error` into it and back.
+//! - Futures: every async method says what is lost if its future is dropped early ("Cancel
+//!   safety"); [`future`] has the summary.
 //!
-//! The library never prints; it logs through [`tracing`].
+//! TCP only: Unix-domain sockets are not supported (see the README's Limitations). The library
+//! never prints; it logs through [`tracing`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -81,11 +94,15 @@ mod config;
 mod conn;
 mod engine;
 mod error;
+pub mod future;
 #[cfg(feature = "hyper")]
 pub mod hyper;
 mod io;
 mod lifecycle;
+mod log_throttle;
 mod net;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 mod reactor;
 mod ring;
 mod runtime;
@@ -100,15 +117,14 @@ mod tokio_context;
 pub use config::TokioContext;
 pub use config::{AcceptMode, AcceptorConfig, EngineOptions, IpVersion, ReactorConfig};
 pub use conn::{
-    Connection, Flush, FlushState, Read, ReadSnapshot, RingItem, Segments, Sequence, Shutdown,
-    ShutdownState, WriteAll,
+    Connection, FlushState, ReadSnapshot, RecvBuffer, Segments, Sequence, ShutdownState,
 };
 pub use engine::Engine;
 pub use error::{CloseReason, ConfigError, Error, Result};
 #[cfg(any(feature = "tokio", feature = "futures-io", feature = "hyper"))]
 pub use io::ConnectionStream;
-pub use io::{ConnectionReader, ReaderRead, ReaderResult};
-pub use net::{Connect, adopt, connect, connect_timeout};
+pub use io::{ConnectionReader, ReaderResult};
+pub use net::{adopt, connect, connect_timeout};
 pub use ring::token::ConnectionId;
 
 /// axum on zerg (feature `axum`): [`Listener`](axum::Listener) makes an [`Engine`] an
@@ -117,8 +133,8 @@ pub use ring::token::ConnectionId;
 pub mod axum {
     pub use crate::io::axum::Listener;
 }
-pub use stats::{AcceptorStats, EngineStats, ReactorStats};
-pub use task::{JoinHandle, spawn_local};
+pub use stats::{AcceptorStats, EngineStats, ReactorStats, StatsHandle};
+pub use task::{JoinError, JoinHandle, spawn_local};
 
 /// The README's code samples, compiled as doctests. `zerg/README.md` is a symlink to the
 /// repository's README; in the published package it is the README itself, at the package root.

@@ -108,7 +108,7 @@ impl Lifecycle {
 pub(crate) struct AcceptorShared {
     wake: EventFd,
     stop: AtomicBool,
-    pub(crate) stats: AcceptorStatsCell,
+    pub(crate) stats: Arc<AcceptorStatsCell>,
 }
 
 impl AcceptorShared {
@@ -116,7 +116,7 @@ impl AcceptorShared {
         Self {
             wake,
             stop: AtomicBool::new(false),
-            stats: AcceptorStatsCell::default(),
+            stats: Arc::default(),
         }
     }
 
@@ -138,5 +138,21 @@ impl AcceptorShared {
     /// The eventfd the acceptor keeps a read armed on.
     pub(crate) fn wake_fd(&self) -> std::os::fd::RawFd {
         self.wake.raw()
+    }
+}
+
+/// Held by each engine thread (the acceptor, every reactor) for its whole life. When the last
+/// one is dropped the paired receiver closes, which is what
+/// [`Engine::stopped`](crate::Engine::stopped) waits for: an event, no polling.
+#[derive(Debug, Clone)]
+pub(crate) struct ThreadGuard {
+    _sender: async_channel::Sender<()>,
+}
+
+impl ThreadGuard {
+    /// A guard to clone into each thread, and the receiver that closes once all are gone.
+    pub(crate) fn new() -> (ThreadGuard, async_channel::Receiver<()>) {
+        let (tx, rx) = async_channel::bounded(1);
+        (ThreadGuard { _sender: tx }, rx)
     }
 }

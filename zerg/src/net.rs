@@ -34,8 +34,11 @@ use crate::reactor::outbound::{self, Outbound, OutboundRequest, Pending, Resolve
 /// name resolution blocks, so resolve host names beforehand (at start-up, or on a blocking
 /// thread) rather than on the reactor.
 ///
-/// Dropping the future before it resolves is safe: the reactor cancels the connect, waits for
-/// the kernel to let go of it, then closes the socket.
+/// # Cancel safety
+///
+/// Dropping the future before it resolves abandons the attempt and loses nothing else: the
+/// reactor cancels the connect, waits for the kernel to let go of it, then closes the socket (a
+/// connection made meanwhile is closed).
 ///
 /// # Errors
 ///
@@ -50,6 +53,10 @@ pub fn connect(addr: impl Into<SocketAddr>) -> Connect {
 /// (`IORING_OP_LINK_TIMEOUT`) cancels it, and the future resolves with
 /// [`Error::ConnectTimedOut`] naming the address.
 ///
+/// # Cancel safety
+///
+/// As for [`connect`].
+///
 /// # Errors
 ///
 /// As for [`connect`]; a zero `timeout` is refused with [`Error::Connect`]
@@ -63,6 +70,11 @@ pub fn connect_timeout(addr: impl Into<SocketAddr>, timeout: Duration) -> Connec
 ///
 /// On an error the stream is closed.
 ///
+/// # Cancel safety
+///
+/// The stream is given up at the call: dropping the future before it resolves closes it (and
+/// the connection, if the reactor had already taken it over).
+///
 /// # Errors
 ///
 /// [`Error::Io`] when the stream is not connected or cannot be set up;
@@ -75,8 +87,12 @@ pub fn adopt(stream: TcpStream) -> Connect {
 /// Future of [`connect`], [`connect_timeout`], [`adopt`] and their [`Engine`](crate::Engine)
 /// counterparts: resolves with the new [`Connection`].
 ///
-/// It is `Send` and `'static`. Dropping it before it resolves abandons the attempt (the reactor
-/// cancels the connect and closes the socket; a connection made meanwhile is closed).
+/// It is `Send` and `'static`.
+///
+/// # Cancel safety
+///
+/// Dropping it before it resolves abandons the attempt (the reactor cancels the connect and
+/// closes the socket; a connection made meanwhile is closed) and loses nothing else.
 #[must_use = "futures do nothing unless polled"]
 pub struct Connect {
     state: State,

@@ -1,17 +1,33 @@
 //! Counters: what each reactor and the acceptor did, for tests, dashboards and leak checks.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! stats_struct {
-    ($(#[$meta:meta])* pub struct $name:ident / $cell:ident { $($(#[$fmeta:meta])* $field:ident,)* }) => {
+    ($(#[$meta:meta])* pub struct $name:ident / $cell:ident { $($(#[doc = $doc:literal])* $field:ident,)* }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         #[non_exhaustive]
         pub struct $name {
-            $($(#[$fmeta])* pub $field: u64,)*
+            $($(#[doc = $doc])* pub $field: u64,)*
         }
 
         impl $name {
+            /// Every field's name and documentation (one line per doc line), in declaration
+            /// order: what exporters describe the counters with.
+            #[allow(dead_code)]
+            pub(crate) const FIELDS: &'static [(&'static str, &'static str)] =
+                &[$((stringify!($field), concat!($($doc, "\n",)*)),)*];
+
+            /// The value of the field named `field`.
+            #[allow(dead_code)]
+            pub(crate) fn get(&self, field: &str) -> Option<u64> {
+                match field {
+                    $(stringify!($field) => Some(self.$field),)*
+                    _ => None,
+                }
+            }
+
             #[allow(dead_code)]
             fn add(&mut self, other: &Self) {
                 $(self.$field += other.$field;)*
@@ -41,7 +57,8 @@ stats_struct! {
     pub struct ReactorStats / ReactorStatsCell {
         /// Live connections (accepted and not yet fully closed).
         connections,
-        /// Connections adopted since start.
+        /// Connections opened since start: accepted, taken over with
+        /// [`Engine::adopt`](crate::Engine::adopt), or connected outbound.
         connections_total,
         /// Connections closed at once for want of room: the accept queue of
         /// [`Engine::accept`](crate::Engine::accept) was full. Caps do not shed: they pause
@@ -86,6 +103,12 @@ stats_struct! {
         bytes_sent,
         /// Times the reactor woke from a blocking wait.
         wakeups,
+        /// Wake-ups of tasks on other threads handed over in a batch: the reactor woke one task
+        /// of each batch, the others were woken from that task's thread.
+        wakes_relayed,
+        /// Batches the reactor woke itself because no thread took them within a millisecond
+        /// (their first task did not poll its connection again).
+        relay_fallbacks,
         /// Handler panics caught (thread-per-core mode).
         handler_panics,
         /// Connections closed because a read waited longer than `read_timeout`.
@@ -150,5 +173,80 @@ impl EngineStats {
             t.add(r);
         }
         t
+    }
+}
+
+/// A cheap, cloneable handle that reads an engine's counters from any thread:
+/// [`Engine::stats_handle`](crate::Engine::stats_handle). It keeps only the counters alive, not
+/// the engine: after the engine stopped it reads the last values its threads published. Metrics
+/// exporters hold one (the `prometheus` feature's collector does).
+#[derive(Debug, Clone)]
+pub struct StatsHandle {
+    reactors: Vec<Arc<ReactorStatsCell>>,
+    acceptor: Option<Arc<AcceptorStatsCell>>,
+}
+
+impl StatsHandle {
+    pub(crate) fn new(
+        reactors: Vec<Arc<ReactorStatsCell>>,
+        acceptor: Option<Arc<AcceptorStatsCell>>,
+    ) -> Self {
+        Self { reactors, acceptor }
+    }
+
+    /// The counters now, as [`Engine::stats`](crate::Engine::stats) returns them.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            reactors: self.reactors.iter().map(|r| r.load()).collect(),
+            acceptor: self.acceptor.as_ref().map(|a| a.load()).unwrap_or_default(),
+        }
+    }
+
+    /// Whether the engine has an acceptor thread ([`AcceptMode::Dedicated`](crate::AcceptMode)).
+    pub fn has_acceptor(&self) -> bool {
+        self.acceptor.is_some()
+    }
+
+    /// Number of reactors.
+    pub fn reactor_count(&self) -> usize {
+        self.reactors.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_name_every_counter_with_its_documentation() {
+        let s = ReactorStats {
+            bytes_sent: 7,
+            connections: 3,
+            ..ReactorStats::default()
+        };
+        assert_eq!(s.get("bytes_sent"), Some(7));
+        assert_eq!(s.get("connections"), Some(3));
+        assert_eq!(s.get("no_such_counter"), None);
+        let (name, doc) = ReactorStats::FIELDS[0];
+        assert_eq!(name, "connections");
+        assert_eq!(
+            doc.trim(),
+            "Live connections (accepted and not yet fully closed)."
+        );
+        // Every field is listed, readable by name and documented.
+        for (name, doc) in ReactorStats::FIELDS {
+            assert!(s.get(name).is_some(), "{name}");
+            assert!(!doc.trim().is_empty(), "{name} has no documentation");
+        }
+        for (name, doc) in AcceptorStats::FIELDS {
+            assert!(AcceptorStats::default().get(name).is_some(), "{name}");
+            assert!(!doc.trim().is_empty(), "{name} has no documentation");
+        }
+        // Multi-line docs keep their line breaks (exporters join them).
+        let (_, enobufs) = ReactorStats::FIELDS
+            .iter()
+            .find(|(n, _)| *n == "enobufs")
+            .unwrap();
+        assert_eq!(enobufs.lines().count(), 2, "{enobufs:?}");
     }
 }

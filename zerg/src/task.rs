@@ -36,3 +36,10 @@ where
     });
     executor::spawn(&reactor, future)
 }
+
+/// The index of the reactor running on the calling thread, or `None` off the reactor threads.
+/// Code shared by both handler modes can use it to pick the reactor's own timers or spawn on
+/// the reactor thread, and the runtime's otherwise.
+pub fn current_reactor() -> Option<usize> {
+    local::current().map(|r| r.index)
+}

@@ -41,6 +41,10 @@ fn current_reactor(what: &str) -> Arc<ReactorShared> {
 
 /// Waits until `duration` has passed.
 ///
+/// # Cancel safety
+///
+/// Cancel-safe: dropping the [`Sleep`] cancels its timer; nothing else is lost.
+///
 /// # Panics
 ///
 /// Outside a reactor thread (see the [module docs](self)).
@@ -50,6 +54,10 @@ pub fn sleep(duration: Duration) -> Sleep {
 }
 
 /// Waits until `deadline`.
+///
+/// # Cancel safety
+///
+/// As for [`sleep`].
 ///
 /// # Panics
 ///
@@ -140,6 +148,15 @@ impl fmt::Debug for Sleep {
 /// Runs `future` with a time limit: its output, or [`Elapsed`] if `duration` passed first (the
 /// future is then dropped).
 ///
+/// # Cancel safety
+///
+/// As cancel-safe as `future`: dropping the [`Timeout`] — or its expiry — drops `future`
+/// mid-way, with that future's own consequences (none for [`Connection::read`]; an unknown
+/// prefix staged for [`Connection::write_all`]).
+///
+/// [`Connection::read`]: crate::Connection::read
+/// [`Connection::write_all`]: crate::Connection::write_all
+///
 /// # Panics
 ///
 /// Outside a reactor thread (see the [module docs](self)).
@@ -151,6 +168,10 @@ pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
 }
 
 /// Like [`timeout`], with a deadline.
+///
+/// # Cancel safety
+///
+/// As for [`timeout`].
 ///
 /// # Panics
 ///
@@ -246,6 +267,11 @@ pub fn interval_at(start: Instant, period: Duration) -> Interval {
 }
 
 /// Ticks of [`interval`].
+///
+/// # Cancel safety
+///
+/// [`tick`](Self::tick) is cancel-safe: a tick is consumed only when it is returned. Dropping
+/// the `Interval` cancels its timer.
 #[derive(Debug)]
 pub struct Interval {
     sleep: Sleep,

@@ -8,11 +8,14 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::config::TokioContext;
 use crate::error::{Error, Result};
+use crate::lifecycle::ThreadGuard;
 
 /// A current-thread runtime on a thread of its own, driven until [`stop`](Self::stop).
 pub(crate) struct OwnedRuntime {
     stop: std::sync::Arc<tokio::sync::Notify>,
     thread: Option<JoinHandle<()>>,
+    /// Closes when the runtime's thread is done (it holds the guard).
+    exited: async_channel::Receiver<()>,
 }
 
 impl OwnedRuntime {
@@ -20,9 +23,11 @@ impl OwnedRuntime {
         let stop = std::sync::Arc::new(tokio::sync::Notify::new());
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let notified = stop.clone();
+        let (guard, exited) = ThreadGuard::new();
         let thread = std::thread::Builder::new()
             .name("zerg-tokio".into())
             .spawn(move || {
+                let _guard = guard;
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -56,6 +61,7 @@ impl OwnedRuntime {
             OwnedRuntime {
                 stop,
                 thread: Some(thread),
+                exited,
             },
         ))
     }
@@ -68,6 +74,15 @@ impl OwnedRuntime {
         {
             tracing::error!("the zerg-tokio runtime thread panicked");
         }
+    }
+}
+
+impl OwnedRuntime {
+    /// [`stop`](Self::stop) without blocking: waits for the thread to finish, then joins it.
+    pub(crate) async fn stop_async(mut self) {
+        self.stop.notify_one();
+        let _ = self.exited.recv().await;
+        self.stop();
     }
 }
 

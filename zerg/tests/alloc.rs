@@ -126,7 +126,7 @@ fn measure<H, F>(
     timeouts: bool,
     handler: H,
     cycles: usize,
-) -> (u64, u64, Duration)
+) -> (u64, u64, Duration, usize)
 where
     H: Fn(zerg_uring::Connection) -> F + Send + Sync + Clone + 'static,
     F: std::future::Future<Output = ()> + Send + 'static,
@@ -134,12 +134,13 @@ where
     let mut opts = options(1, incremental);
     if timeouts {
         // Every timeout armed; the idle one is short, so the connection's timer entry comes due
-        // and moves several times during the counted cycles.
+        // and moves several times during the counted cycles (run for at least 1.5 s), while a
+        // client stalled by a busy machine is not closed by it.
         let rc = &mut opts.reactor_configs[0];
         rc.read_timeout = Some(Duration::from_secs(30));
         rc.request_timeout = Some(Duration::from_secs(30));
         rc.write_timeout = Some(Duration::from_secs(30));
-        rc.idle_timeout = Some(Duration::from_millis(50));
+        rc.idle_timeout = Some(Duration::from_millis(300));
     }
     let server = TestServer::start(mode, opts, handler);
     let addr = server.addr;
@@ -160,11 +161,20 @@ where
         let t0 = Instant::now();
         ENABLED.store(true, Ordering::SeqCst);
         let mut ok = true;
-        for _ in 0..cycles {
+        // With timeouts, long enough for the connection's timer entry to come due and move
+        // several times.
+        let min_time = if timeouts {
+            Duration::from_millis(1500)
+        } else {
+            Duration::ZERO
+        };
+        let mut n = 0;
+        while n < cycles || t0.elapsed() < min_time {
             if c.write_all(&msg).is_err() || c.read_exact(&mut got).is_err() {
                 ok = false;
                 break;
             }
+            n += 1;
         }
         ENABLED.store(false, Ordering::SeqCst);
         let took = t0.elapsed();
@@ -174,6 +184,7 @@ where
             ALLOCS.load(Ordering::SeqCst),
             BYTES.load(Ordering::SeqCst),
             took,
+            n,
         )
     });
     let res = client.join().unwrap();
@@ -188,7 +199,7 @@ fn hot_path_allocates_nothing() {
     for mode in [Mode::Reactor, Mode::Runtime] {
         // Control: a handler that allocates once per read is seen (the counter covers the
         // server's threads).
-        let (allocs, _, _) = measure(mode, false, false, copying_echo, 1000);
+        let (allocs, _, _, _) = measure(mode, false, false, copying_echo, 1000);
         println!("control ({mode:?}): {allocs} allocations in 1000 cycles with to_vec()");
         assert!(
             allocs >= 1000,
@@ -202,16 +213,16 @@ fn hot_path_allocates_nothing() {
             (false, false, true),
         ] {
             SEEN.lock().unwrap().clear();
-            let (allocs, bytes, took) = if zero_copy {
+            let (allocs, bytes, took, cycles) = if zero_copy {
                 measure(mode, incremental, timeouts, zero_copy_echo, CYCLES)
             } else {
                 measure(mode, incremental, timeouts, echo, CYCLES)
             };
             println!(
                 "allocations ({mode:?}, incremental {incremental}, zero-copy {zero_copy}, \
-                 timeouts {timeouts}): {allocs} ({bytes} B) in {CYCLES} request/response \
+                 timeouts {timeouts}): {allocs} ({bytes} B) in {cycles} request/response \
                  cycles ({:?} per cycle, debug build)",
-                took / CYCLES as u32
+                took / cycles as u32
             );
             if allocs > 0 {
                 let seen = SEEN.lock().unwrap();

@@ -106,11 +106,11 @@ fn connect_on_the_reactor_gives_a_full_connection() {
             if res.is_completed() {
                 let got = res.buffer().to_vec();
                 let n = got.len();
-                reader.advance_to(n, n);
+                reader.advance(n, n);
                 return got;
             }
             let n = res.buffer().len();
-            reader.advance_to(0, n);
+            reader.advance(0, n);
         }
     });
     assert_eq!(got, b"hello reader");

@@ -1,6 +1,6 @@
 //! The C# zerg's HTTP tests, ported, on the raw API: a plaintext responder that finds request ends
 //! (`\r\n\r\n`, possibly straddling receive buffers and reads) and answers each one, written
-//! through `get_span` + `advance`. Pipelining (100 requests in one write → 100 responses, also
+//! through `span_mut` + `advance`. Pipelining (100 requests in one write → 100 responses, also
 //! with the requests cut at random points) and keep-alive (1000 sequential requests), in both
 //! handler modes and both buffer modes.
 
@@ -54,9 +54,9 @@ async fn plaintext(mut conn: Connection) {
         }
         drop(snap);
         for _ in 0..requests {
-            let span = conn.get_span(RESPONSE.len());
+            let span = conn.span_mut(RESPONSE.len());
             span[..RESPONSE.len()].copy_from_slice(RESPONSE);
-            if conn.advance(RESPONSE.len()).is_err() {
+            if conn.commit(RESPONSE.len()).is_err() {
                 return;
             }
         }

@@ -43,7 +43,7 @@ async fn reader_echo(conn: Connection) {
             return;
         }
         let len = buffer.len();
-        reader.advance_to(len, len);
+        reader.advance(len, len);
     }
 }
 
@@ -87,7 +87,7 @@ async fn frame_echo(conn: Connection) {
             return;
         }
         let examined = buffer.len();
-        reader.advance_to(consumed, examined);
+        reader.advance(consumed, examined);
     }
 }
 
@@ -251,13 +251,13 @@ fn examined_to_end_waits_for_new_bytes() {
                         let mut result = result;
                         let _ = result.connection().write(b"line\n");
                         let _ = result.connection().flush().await;
-                        reader.advance_to(len, len);
+                        reader.advance(len, len);
                     } else if len == 3 && once {
                         // Examined only part: the same view comes back at once.
                         once = false;
-                        reader.advance_to(0, 1);
+                        reader.advance(0, 1);
                     } else {
-                        reader.advance_to(0, len);
+                        reader.advance(0, len);
                     }
                 }
             }
@@ -310,19 +310,19 @@ fn consumed_buffers_return_at_once() {
                     if len >= 40 * 1024 {
                         break;
                     }
-                    reader.advance_to(0, len);
+                    reader.advance(0, len);
                 }
                 stage.store(1, Ordering::SeqCst);
                 // Consume all but the last 10 bytes.
                 let len = reader.read().await.buffer().len();
-                reader.advance_to(len - 10, len);
+                reader.advance(len - 10, len);
                 stage.store(2, Ordering::SeqCst);
                 let mut result = reader.read().await;
                 let rest = result.buffer().to_vec();
                 let _ = result.connection().write(&rest);
                 let _ = result.connection().flush().await;
                 let n = rest.len();
-                reader.advance_to(n, n);
+                reader.advance(n, n);
                 let _ = reader.read().await;
             }
         };
@@ -369,8 +369,8 @@ fn complete_returns_buffers_and_connection() {
         let handler = |conn: Connection| async move {
             let mut reader = ConnectionReader::new(conn);
             let len = reader.read().await.buffer().len();
-            reader.advance_to(0, len);
-            let mut conn = reader.complete();
+            reader.advance(0, len);
+            let mut conn = reader.into_inner();
             let _ = conn.write(b"done");
             let _ = conn.flush().await;
             // Keep the connection until the peer closes.
@@ -503,7 +503,7 @@ async fn line_reader(conn: Connection, max_message: Option<usize>) {
         let result = reader.read().await;
         if let Some(e) = result.error() {
             let line = format!("error: {e}\n");
-            let mut conn = reader.complete();
+            let mut conn = reader.into_inner();
             // Answer, send FIN, and drain what the peer still sends (a lingering close: closing
             // with unread bytes would reset the connection and could destroy the answer).
             if conn.write(line.as_bytes()).is_ok() && conn.shutdown().await.is_ok() {
@@ -519,7 +519,7 @@ async fn line_reader(conn: Connection, max_message: Option<usize>) {
         if result.buffer().position_of(b"\n").is_some() {
             return;
         }
-        reader.advance_to(0, len);
+        reader.advance(0, len);
     }
 }
 

@@ -245,7 +245,7 @@ async fn late_release(mut conn: Connection, done: mpsc::Sender<usize>) {
     let n = snap.buffer_count();
     drop(conn);
     sleep(Duration::from_millis(50)).await;
-    if let Some(item) = snap.try_get_ring() {
+    if let Some(item) = snap.next_buffer() {
         // One piece alone, from a connection that no longer exists.
         drop(item);
         sleep(Duration::from_millis(20)).await;
@@ -832,8 +832,10 @@ fn no_polling(mode: Mode) {
          engine {r2:?} (acceptor {a2}); control with cq_timeout 10 ms {rctl:?}; CPU ticks of all \
          zerg threads (3 engines, incl. the polling control) {ticks}"
     );
+    // About 100 in a second; a loaded machine (other tests running) delays some wake-ups, so
+    // only ask for clearly more than an idle engine could show.
     assert!(
-        rctl[0] >= 30,
+        rctl[0] >= 10,
         "the control engine should wake every 10 ms: {rctl:?}"
     );
     for w in r1.iter().chain(&r2).chain([&a1, &a2]) {

@@ -6,6 +6,7 @@
 mod util;
 
 use std::io::{Read, Write};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use util::{TestServer, options, wait_until};
@@ -33,6 +34,13 @@ async fn uses_tokio(mut conn: Connection, upstream: std::net::SocketAddr) {
     if conn.write(line.as_bytes()).is_ok() {
         let _ = conn.flush().await;
     }
+}
+
+/// The tests that count `zerg-tokio` threads run one at a time: the harness runs tests as
+/// threads of one process, and one test's owned runtime is another's unexpected thread.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn greeter() -> std::net::SocketAddr {
@@ -64,6 +72,7 @@ fn serve(ctx: Option<TokioContext>) -> TestServer {
 
 #[test]
 fn tokio_works_in_reactor_handlers_with_an_owned_runtime() {
+    let _serial = serial();
     let server = serve(Some(TokioContext::Owned));
     assert_eq!(ask(&server), "true true 42 hello\n");
     assert_eq!(util::threads_named("zerg-tokio"), 1);
@@ -75,6 +84,7 @@ fn tokio_works_in_reactor_handlers_with_an_owned_runtime() {
 
 #[test]
 fn tokio_works_in_reactor_handlers_with_the_applications_runtime() {
+    let _serial = serial();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -99,4 +109,32 @@ fn without_the_option_a_tokio_call_fails_loudly_and_only_its_connection_closes()
     });
     server.assert_quiescent();
     server.stop();
+}
+
+#[test]
+fn join_async_stops_the_owned_runtime_without_blocking() {
+    let _serial = serial();
+    let upstream = greeter();
+    let mut opts: EngineOptions = options(1, false);
+    opts.tokio_context = Some(TokioContext::Owned);
+    let engine = Engine::serve(opts, move |conn| uses_tokio(conn, upstream)).expect("starts");
+    let server = TestServer::from_engine(engine);
+    assert_eq!(ask(&server), "true true 42 hello\n");
+    let mut server = server;
+    let engine = std::sync::Arc::into_inner(server.engine.take().unwrap()).expect("one handle");
+    assert_eq!(util::threads_named("zerg-tokio"), 1);
+    engine.stop();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), engine.join_async())
+            .await
+            .expect("join_async finishes")
+            .expect("no failure");
+    });
+    // join_async joined the owned runtime's thread too (other tests' reactors may run meanwhile,
+    // so only this thread is counted).
+    assert_eq!(util::threads_named("zerg-tokio"), 0);
 }

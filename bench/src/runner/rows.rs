@@ -113,6 +113,9 @@ impl ServerKind {
     }
 }
 
+/// `ReactorConfig::min_wait` of the `-minwait` rows, in microseconds.
+const MIN_WAIT_USEC: &str = "50";
+
 /// Where things are: this binary, the zerg examples, the C reference server.
 #[derive(Debug)]
 pub(crate) struct Paths {
@@ -158,6 +161,33 @@ pub(crate) fn server_kinds(p: &Paths) -> Vec<ServerKind> {
         zerg(
             "zerg-runtime",
             &["--mode", "runtime", "--accept", "dedicated"],
+        ),
+        zerg(
+            "zerg-timeouts",
+            &["--mode", "reactor", "--accept", "per-reactor", "--timeouts"],
+        ),
+        // ReactorConfig::min_wait on (batching waits), in each handler mode.
+        zerg(
+            "zerg-minwait",
+            &[
+                "--mode",
+                "reactor",
+                "--accept",
+                "per-reactor",
+                "--min-wait",
+                MIN_WAIT_USEC,
+            ],
+        ),
+        zerg(
+            "zerg-runtime-minwait",
+            &[
+                "--mode",
+                "runtime",
+                "--accept",
+                "dedicated",
+                "--min-wait",
+                MIN_WAIT_USEC,
+            ],
         ),
         // The kernel-feature switches, each on top of the `zerg` row: direct descriptors
         // (`ReactorConfig::direct_descriptors`), also with the acceptor thread (ring-to-ring

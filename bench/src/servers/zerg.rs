@@ -5,9 +5,12 @@
 //!
 //! `zerg-bench zerg --port P --workload http|echo [--buf-size N]
 //!                  [--mode reactor|runtime] [--accept dedicated|per-reactor] [--incremental]
-//!                  [--direct] [--zc-threshold BYTES] [--reactors N]`
-//! (N > 1: the scaling rows; one reactor per server CPU; `--direct`: direct descriptors,
-//! `--zc-threshold`: zero-copy sends of at least that many bytes)
+//!                  [--direct] [--zc-threshold BYTES] [--reactors N] [--timeouts]
+//!                  [--min-wait USEC]`
+//! (N > 1: the scaling rows; one reactor per server CPU. `--direct`: direct descriptors.
+//! `--zc-threshold`: zero-copy sends of at least that many bytes. `--timeouts`: every connection
+//! timeout armed — read, idle, request, write — to measure what checking them costs.
+//! `--min-wait`: `ReactorConfig::min_wait`, batching completions in each wait)
 
 use zerg_uring::{AcceptMode, Connection, Engine, EngineOptions, ReactorConfig};
 
@@ -27,6 +30,8 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     let zc_threshold = crate::args::size_opt(&mut args, "zc-threshold", 0)?;
     let ring_bytes = crate::args::size_opt(&mut args, "ring-bytes", RING_BYTES)?;
     let reactors: usize = args.get("reactors", 1)?;
+    let timeouts = args.flag("timeouts")?;
+    let min_wait: u64 = args.get("min-wait", 0)?;
     if reactors == 0 {
         return Err("--reactors must be > 0".into());
     }
@@ -52,6 +57,17 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
         // above to the hard limit, or the reactor falls back to plain descriptors.
         rc.max_connections_per_reactor = (proto::nofile_limit().clamp(1024, 65536) * 3 / 4) as u32;
     }
+    if timeouts {
+        // Long enough never to fire during a run: what is measured is the bookkeeping.
+        let t = Some(std::time::Duration::from_secs(300));
+        (
+            rc.read_timeout,
+            rc.idle_timeout,
+            rc.request_timeout,
+            rc.write_timeout,
+        ) = (t, t, t, t);
+    }
+    rc.min_wait = (min_wait > 0).then(|| std::time::Duration::from_micros(min_wait));
     let mut eo = EngineOptions::with_port(opts.port);
     eo.ip = std::net::Ipv4Addr::LOCALHOST.into();
     eo.backlog = proto::BACKLOG;

@@ -1,14 +1,19 @@
-//! Shared by the examples: command-line flags, the run loop for both handler modes, signals.
+//! Shared by the examples: command-line flags (`lexopt`), logging (`tracing-subscriber`), the
+//! timeouts and limits, the run loop for both handler modes, signals, and answering and closing
+//! HTTP connections. Request framing is in [`http`], the `--metrics-port` endpoint in
+//! [`metrics`].
 #![allow(dead_code, unreachable_pub)]
+
+pub mod http;
+pub mod metrics;
 
 use std::future::Future;
 use std::time::Duration;
 
+use lexopt::prelude::*;
 use zerg_uring::{AcceptMode, Connection, Engine, EngineOptions, ReactorConfig};
 
-/// The fixed response of the HTTP examples.
-pub const RESPONSE: &[u8] =
-    b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nHello, World!";
+use http::{Batch, RESPONSE, RESPONSE_CLOSE, Reject, Then};
 
 /// Where handlers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,9 +24,32 @@ pub enum Mode {
     Reactor,
 }
 
+/// What an example speaks: HTTP examples also take `--header-timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Http,
+    Tcp,
+}
+
+/// Default write timeout: a peer that takes no bytes for this long is dropped.
+pub const WRITE_TIMEOUT: u64 = 30;
+/// Default read timeout: off. A read that waits includes the wait for the next request on a
+/// keep-alive connection, which the idle timeout governs; an unfinished request is the header
+/// timeout's (HTTP). Turn it on for protocols where the server waits for the client mid-message.
+pub const READ_TIMEOUT: u64 = 0;
+/// Default header timeout (nginx's `client_header_timeout`).
+pub const HEADER_TIMEOUT: u64 = 60;
+/// Default idle timeout between requests (nginx's `keepalive_timeout`).
+pub const IDLE_TIMEOUT: u64 = 75;
+
+/// Most bytes a connection may stage for sending (the library's default is 64 MiB).
+pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
+
 /// Flags every example takes.
 #[derive(Debug, Clone)]
 pub struct Args {
+    /// `None`: the library's default (every IPv6 and IPv4 address).
+    pub ip: Option<std::net::IpAddr>,
     pub port: u16,
     pub reactors: usize,
     pub recv_buffer_size: u32,
@@ -31,10 +59,25 @@ pub struct Args {
     pub accept: AcceptMode,
     pub workers: usize,
     pub sqpoll: bool,
+    /// `None`: off.
+    pub write_timeout: Option<Duration>,
+    pub read_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    /// HTTP examples only.
+    pub header_timeout: Option<Duration>,
+    /// Most live connections in the engine; `None` keeps the library's per-reactor default.
+    pub max_connections: Option<u32>,
+    /// The example enforces `header_timeout` itself (so it is not reported as unsupported).
+    pub header_timeout_applied: bool,
+    pub kind: Kind,
+    /// `--metrics-port`: serve Prometheus metrics there ([`metrics`]).
+    pub metrics_port: Option<u16>,
 }
 
-const USAGE: &str = "flags:
-  --port N                  TCP port (default 8080)
+/// The flags, for `--help` and errors. HTTP examples add `--header-timeout`.
+pub const USAGE: &str = "flags:
+  --ip ADDR                 address to listen on (default: all, IPv6 and IPv4)
+  --port N                  TCP port (default 8080; 0: any free port, printed at startup)
   --reactors N              reactor threads (default 1)
   --recv-buffer-size N      bytes per receive buffer (default 16384)
   --buffer-ring-entries N   receive buffers per reactor, a power of two (default 4096)
@@ -43,16 +86,65 @@ const USAGE: &str = "flags:
   --accept dedicated|per-reactor
                             acceptor thread, or SO_REUSEPORT accept in every reactor (default dedicated)
   --workers N               tokio worker threads in runtime mode (default: number of CPUs)
-  --sqpoll                  IORING_SETUP_SQPOLL for the reactors";
+  --sqpoll                  IORING_SETUP_SQPOLL for the reactors
+  --max-connections N       most live connections, split evenly over the reactors
+                            (default: 8192 per reactor)
+  --write-timeout SECS      drop a peer that takes no bytes for SECS (default 30; 0: off)
+  --read-timeout SECS       close a connection whose read waited SECS for bytes (default 0: off;
+                            the idle and header timeouts cover HTTP)
+  --idle-timeout SECS       close a connection that sent and received nothing for SECS
+                            (default 75; 0: off)
+  --metrics-port N          serve Prometheus metrics at http://IP:N/metrics, IP being --ip
+                            (default: all addresses); needs --features prometheus
+logging: RUST_LOG (tracing-subscriber EnvFilter syntax), default \"info\"; logs go to stderr";
+
+const HTTP_USAGE: &str = "HTTP flags:
+  --header-timeout SECS     close a connection whose request was not answered SECS after its
+                            first byte (default 60; 0: off): slowloris clients
+HTTP limits: request head 8 KiB and 100 fields (431), body 1 MiB (413), no Transfer-Encoding (501),
+malformed requests 400; each is answered, then the connection closes";
 
 impl Args {
-    pub fn parse() -> Args {
-        Self::parse_from(std::env::args())
+    /// Installs logging, then parses the process's flags (exits with the usage on a bad one).
+    pub fn parse(kind: Kind) -> Args {
+        Self::parse_with(kind, "", |_, _| Ok(false))
     }
 
-    /// Parses `args` (the first item is the program name).
-    pub fn parse_from(args: impl IntoIterator<Item = String>) -> Args {
+    /// Like [`parse`](Self::parse), offering each flag to `extra` first (for an example's own
+    /// flags, described by `extra_usage`); `extra` returns whether it took the flag.
+    pub fn parse_with(
+        kind: Kind,
+        extra_usage: &str,
+        extra: impl FnMut(&str, &mut lexopt::Parser) -> Result<bool, lexopt::Error>,
+    ) -> Args {
+        init_tracing();
+        let usage = usage(kind, extra_usage);
+        match Self::parse_from(kind, std::env::args_os(), extra) {
+            Ok(Some(args)) => args,
+            Ok(None) => {
+                println!("{usage}");
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("error: {e}\n{usage}");
+                std::process::exit(2);
+            }
+        }
+    }
+
+    /// Parses `args` (the first item is the program name); `None` when help was asked for.
+    pub fn parse_from<I>(
+        kind: Kind,
+        args: I,
+        mut extra: impl FnMut(&str, &mut lexopt::Parser) -> Result<bool, lexopt::Error>,
+    ) -> Result<Option<Args>, lexopt::Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<std::ffi::OsString>,
+    {
+        let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         let mut a = Args {
+            ip: None,
             port: 8080,
             reactors: 1,
             recv_buffer_size: 16 * 1024,
@@ -62,45 +154,69 @@ impl Args {
             accept: AcceptMode::Dedicated,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             sqpoll: false,
+            write_timeout: secs(WRITE_TIMEOUT),
+            read_timeout: secs(READ_TIMEOUT),
+            idle_timeout: secs(IDLE_TIMEOUT),
+            header_timeout: (kind == Kind::Http).then(|| Duration::from_secs(HEADER_TIMEOUT)),
+            max_connections: None,
+            header_timeout_applied: false,
+            kind,
+            metrics_port: None,
         };
-        let mut it = args.into_iter().skip(1);
-        while let Some(flag) = it.next() {
-            let mut value = |name: &str| {
-                it.next()
-                    .unwrap_or_else(|| fail(&format!("{name} needs a value")))
+        let mut p = lexopt::Parser::from_iter(args);
+        while let Some(arg) = p.next()? {
+            let name = match arg {
+                Long(name) => name.to_owned(),
+                Short('h') => return Ok(None),
+                _ => return Err(arg.unexpected()),
             };
-            match flag.as_str() {
-                "--port" => a.port = num(&value("--port")),
-                "--reactors" => a.reactors = num(&value("--reactors")),
-                "--recv-buffer-size" => a.recv_buffer_size = num(&value("--recv-buffer-size")),
-                "--buffer-ring-entries" => {
-                    a.buffer_ring_entries = num(&value("--buffer-ring-entries"))
-                }
-                "--incremental" => a.incremental = true,
-                "--sqpoll" => a.sqpoll = true,
-                "--workers" => a.workers = num(&value("--workers")),
-                "--mode" => {
-                    a.mode = match value("--mode").as_str() {
+            if extra(&name, &mut p)? {
+                continue;
+            }
+            match name.as_str() {
+                "help" => return Ok(None),
+                "ip" => a.ip = Some(p.value()?.parse()?),
+                "port" => a.port = p.value()?.parse()?,
+                "reactors" => a.reactors = p.value()?.parse()?,
+                "recv-buffer-size" => a.recv_buffer_size = p.value()?.parse()?,
+                "buffer-ring-entries" => a.buffer_ring_entries = p.value()?.parse()?,
+                "incremental" => a.incremental = true,
+                "sqpoll" => a.sqpoll = true,
+                "workers" => a.workers = p.value()?.parse()?,
+                "mode" => {
+                    a.mode = match p.value()?.string()?.as_str() {
                         "runtime" => Mode::Runtime,
                         "reactor" => Mode::Reactor,
-                        other => fail(&format!("unknown mode {other:?}")),
+                        other => return Err(format!("unknown mode {other:?}").into()),
                     }
                 }
-                "--accept" => {
-                    a.accept = match value("--accept").as_str() {
+                "accept" => {
+                    a.accept = match p.value()?.string()?.as_str() {
                         "dedicated" => AcceptMode::Dedicated,
                         "per-reactor" => AcceptMode::PerReactor,
-                        other => fail(&format!("unknown accept mode {other:?}")),
+                        other => return Err(format!("unknown accept mode {other:?}").into()),
                     }
                 }
-                "-h" | "--help" => {
-                    println!("{USAGE}");
-                    std::process::exit(0);
+                "max-connections" => match p.value()?.parse()? {
+                    0 => return Err("--max-connections must be at least 1".into()),
+                    n => a.max_connections = Some(n),
+                },
+                "write-timeout" => a.write_timeout = secs(p.value()?.parse()?),
+                "read-timeout" => a.read_timeout = secs(p.value()?.parse()?),
+                "idle-timeout" => a.idle_timeout = secs(p.value()?.parse()?),
+                "header-timeout" if kind == Kind::Http => {
+                    a.header_timeout = secs(p.value()?.parse()?)
                 }
-                other => fail(&format!("unknown flag {other:?}")),
+                "metrics-port" if metrics::AVAILABLE => a.metrics_port = Some(p.value()?.parse()?),
+                "metrics-port" => {
+                    return Err("--metrics-port needs the prometheus feature: \
+                                cargo run --example NAME --features prometheus -- --metrics-port N"
+                        .into());
+                }
+                _ => return Err(Long(&name).unexpected()),
             }
         }
-        a
+        Ok(Some(a))
     }
 
     /// Engine options for these flags.
@@ -109,11 +225,23 @@ impl Args {
         reactor.recv_buffer_size = self.recv_buffer_size;
         reactor.buffer_ring_entries = self.buffer_ring_entries;
         reactor.incremental_buffer_consumption = self.incremental;
+        // Responses staged per connection: a client pipelining requests without reading the
+        // answers holds at most this much (then the handler waits for the peer to read).
+        reactor.max_write_buffer = MAX_WRITE_BUFFER;
         if self.sqpoll {
             reactor.sqpoll = true;
             reactor.defer_taskrun = false;
         }
+        // The library caps connections per reactor; a per-engine cap is to come (then this sets
+        // it instead).
+        if let Some(n) = self.max_connections {
+            reactor.max_connections_per_reactor = (n / self.reactors.max(1) as u32).max(1);
+        }
+        apply_timeouts(self, &mut reactor);
         let mut opts = EngineOptions::with_port(self.port);
+        if let Some(ip) = self.ip {
+            opts.ip = ip;
+        }
         opts.reactor_count = self.reactors;
         opts.accept_mode = self.accept;
         opts.reactor_configs = vec![reactor];
@@ -121,14 +249,47 @@ impl Args {
     }
 }
 
-fn num<T: std::str::FromStr>(s: &str) -> T {
-    s.parse()
-        .unwrap_or_else(|_| fail(&format!("{s:?} is not a number")))
+/// The one place where the timeout flags reach the reactor configuration: write, read and idle
+/// timeouts as given; the header timeout of HTTP examples as the reactor's request timeout (from
+/// the first byte of a request to the flush of its response), unless the example enforces it
+/// itself (hyper's `header_read_timeout`).
+pub fn apply_timeouts(args: &Args, rc: &mut ReactorConfig) {
+    rc.write_timeout = args.write_timeout;
+    rc.read_timeout = args.read_timeout;
+    rc.idle_timeout = args.idle_timeout;
+    if args.kind == Kind::Http && !args.header_timeout_applied {
+        rc.request_timeout = args.header_timeout;
+    }
 }
 
-fn fail(msg: &str) -> ! {
-    eprintln!("error: {msg}\n{USAGE}");
-    std::process::exit(2)
+fn usage(kind: Kind, extra: &str) -> String {
+    let mut u = String::from(USAGE);
+    if kind == Kind::Http {
+        u = format!("{u}\n{HTTP_USAGE}");
+    }
+    if !extra.is_empty() {
+        u = format!("{u}\n{extra}");
+    }
+    u
+}
+
+/// Logs to stderr through `tracing-subscriber`, filtered by `RUST_LOG` (default `info`), so the
+/// library's events are seen.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let (filter, bad) = match EnvFilter::try_from_default_env() {
+        Ok(f) => (f, None),
+        Err(e) if std::env::var_os("RUST_LOG").is_some() => (EnvFilter::new("info"), Some(e)),
+        Err(_) => (EnvFilter::new("info"), None),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    if let Some(e) = bad {
+        tracing::warn!("RUST_LOG ignored ({e}); logging at info");
+    }
 }
 
 /// Runs `handler` for every connection until SIGINT or SIGTERM, then stops the engine (giving
@@ -138,6 +299,8 @@ where
     H: Fn(Connection) -> F + Send + Sync + Clone + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    // Bound before the engine starts: a taken port fails before anything runs.
+    let metrics = metrics::Endpoint::bind(args);
     match args.mode {
         Mode::Runtime => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -149,6 +312,9 @@ where
                 // Listen for signals before the server starts, so none is missed.
                 let mut stop = Stop::new();
                 let engine = start(Engine::listen(options), args);
+                if let Some(m) = metrics {
+                    m.serve(&engine);
+                }
                 loop {
                     tokio::select! {
                         conn = engine.accept() => match conn {
@@ -171,6 +337,11 @@ where
                 Stop::new()
             };
             let engine = start(Engine::serve(options, handler), args);
+            if let Some(m) = metrics {
+                // The metrics run on this runtime, driven while it waits for the signal.
+                let _in_runtime = rt.enter();
+                m.serve(&engine);
+            }
             rt.block_on(stop.recv());
             finish(engine);
         }
@@ -239,31 +410,111 @@ impl Stop {
     }
 }
 
-/// Counts complete HTTP/1.1 requests (each ends with an empty line) in a byte stream fed in
-/// arbitrary pieces; a request split across buffers or reads is counted once it is complete.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RequestCounter {
-    // How much of "\r\n\r\n" the bytes seen so far end with.
-    matched: u8,
+/// Stages the answers to `batch` — one copy of the prebuilt response per request — and sends
+/// them. Returns whether the connection stays open: after a request asking to close, or a
+/// rejection (logged), the connection is closed gracefully first.
+pub async fn answer(conn: &mut Connection, batch: &Batch) -> bool {
+    let keep = match batch.then {
+        Then::Close => batch.requests - 1,
+        _ => batch.requests,
+    };
+    for _ in 0..keep {
+        // The common case stays synchronous: one copy into the staging buffer.
+        if conn.write(RESPONSE).is_err() && !stage(conn, RESPONSE).await {
+            return false;
+        }
+    }
+    match batch.then {
+        Then::Continue => conn.flush().await.is_ok(),
+        Then::Close => {
+            if stage(conn, RESPONSE_CLOSE).await {
+                close_gracefully(conn).await;
+            }
+            false
+        }
+        Then::Reject(r) => {
+            log_reject(conn, r);
+            if stage(conn, r.response()).await {
+                close_gracefully(conn).await;
+            }
+            false
+        }
+    }
 }
 
-impl RequestCounter {
-    pub fn feed(&mut self, bytes: &[u8]) -> usize {
-        const END: &[u8; 4] = b"\r\n\r\n";
-        let mut count = 0;
-        let mut m = self.matched as usize;
-        for &b in bytes {
-            if b == END[m] {
-                m += 1;
-                if m == 4 {
-                    count += 1;
-                    m = 0;
-                }
-            } else {
-                m = usize::from(b == b'\r');
-            }
+/// Logs a rejected request (at `info`: the client's fault, not the server's).
+pub fn log_reject(conn: &Connection, r: Reject) {
+    tracing::info!(
+        peer = ?conn.peer_addr().ok(),
+        status = r.status(),
+        "closing the connection: {}",
+        r.reason()
+    );
+}
+
+/// [`answer`] for a byte stream (`tokio::io`): the responses go through `write_all`; the
+/// closing is like [`close_gracefully`]'s. Rejections are logged by the caller.
+#[cfg(feature = "tokio")]
+pub async fn answer_stream<S>(stream: &mut S, batch: &Batch) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let keep = match batch.then {
+        Then::Close => batch.requests - 1,
+        _ => batch.requests,
+    };
+    for _ in 0..keep {
+        if stream.write_all(RESPONSE).await.is_err() {
+            return false;
         }
-        self.matched = m as u8;
-        count
+    }
+    let last = match batch.then {
+        Then::Continue => return stream.flush().await.is_ok(),
+        Then::Close => RESPONSE_CLOSE,
+        Then::Reject(r) => r.response(),
+    };
+    if stream.write_all(last).await.is_err() || stream.shutdown().await.is_err() {
+        return false;
+    }
+    let mut sink = [0u8; 4096];
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        match stream.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => dropped += n,
+        }
+    }
+    false
+}
+
+/// Stages `bytes`; when the write buffer is full (a long pipelined batch), sends what is staged
+/// first. `false` when the connection failed.
+async fn stage(conn: &mut Connection, bytes: &[u8]) -> bool {
+    if conn.write(bytes).is_ok() {
+        return true;
+    }
+    conn.flush().await.is_ok() && conn.write(bytes).is_ok()
+}
+
+/// Most bytes read and dropped after a final answer, waiting for the peer to close.
+pub const LINGER_BYTES: usize = 256 * 1024;
+
+/// Closes after a final answer without losing it: sends what is staged, shuts the write side
+/// (the peer reads the answer, then end-of-file), then reads and drops what the peer still sends
+/// — at most [`LINGER_BYTES`] — until it closes. Closing with unread bytes would make the kernel
+/// reset the connection, which can destroy the answer before the peer reads it. (A peer that
+/// neither sends nor closes is bounded by the idle timeout, once the library has it.)
+pub async fn close_gracefully(conn: &mut Connection) {
+    if conn.shutdown().await.is_err() {
+        return;
+    }
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        let snapshot = conn.read().await;
+        if snapshot.is_closed() {
+            return;
+        }
+        dropped += snapshot.len();
     }
 }

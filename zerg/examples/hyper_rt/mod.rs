@@ -46,20 +46,6 @@ pub enum Protocols {
     Http2,
 }
 
-/// Logs to stderr at `info`, or as `RUST_LOG` says (`RUST_LOG=debug` shows every connection
-/// error).
-pub fn init_logging() {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-}
-
 static TIMER_RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
 /// Starts the timer thread used by handlers that run outside tokio (reactor mode). Call it once

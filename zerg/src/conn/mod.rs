@@ -11,7 +11,7 @@ mod read;
 mod shared;
 mod write;
 
-pub use read::{Read, ReadSnapshot, RingItem, Segments, Sequence};
+pub use read::{Read, ReadSnapshot, RecvBuffer, Segments, Sequence};
 pub use write::{Flush, FlushState, Shutdown, ShutdownState, WriteAll};
 
 pub(crate) use fd::ConnFd;
@@ -39,8 +39,8 @@ use crate::runtime::local;
 /// read from it, write to it or close it: the reactor owns the socket's I/O.
 ///
 /// Reading: [`read`](Self::read) returns a [`ReadSnapshot`] of everything received so far (C# zerg:
-/// `ReadAsync`). Writing: [`write`](Self::write) (or [`get_span`](Self::get_span) +
-/// [`advance`](Self::advance), [`std::io::Write`], [`bytes::BufMut`]) stages bytes,
+/// `ReadAsync`). Writing: [`write`](Self::write) (or [`span_mut`](Self::span_mut) +
+/// [`commit`](Self::commit), [`std::io::Write`], [`bytes::BufMut`]) stages bytes,
 /// [`flush`](Self::flush) sends them.
 pub struct Connection {
     pub(crate) shared: Arc<ConnShared>,
@@ -101,6 +101,19 @@ impl Connection {
     /// down), or [`try_as_fd`](Self::try_as_fd)'s.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         crate::sys::peer_addr(self.try_as_fd()?)
+    }
+
+    /// The local address of the connection: the address the client connected to, which tells
+    /// the listeners apart when the engine accepts on several
+    /// ([`EngineOptions::listeners`](crate::EngineOptions::listeners)). On a direct descriptor,
+    /// installs the descriptor first, as [`try_as_fd`](Self::try_as_fd) does.
+    ///
+    /// # Errors
+    ///
+    /// The `getsockname(2)` error, or [`try_as_fd`](Self::try_as_fd)'s (`ENOTCONN` when the
+    /// engine stopped before a descriptor was installed).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        crate::sys::local_addr(self.try_as_fd()?)
     }
 
     /// Why the connection is closed for reading, once it is and everything received was read.

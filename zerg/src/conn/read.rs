@@ -2,16 +2,19 @@
 //! low-level ring items. Receive buffers are read in place, never copied.
 #![allow(unsafe_code)]
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use memchr::memmem::Finder;
+
 use crate::buf_ring::RecvItem;
 use crate::error::CloseReason;
 
-use super::{ConnShared, Connection};
+use super::{ConnShared, Connection, shared};
 
 impl Connection {
     /// Waits until bytes arrived or the connection closed, then takes everything received so far
@@ -21,6 +24,13 @@ impl Connection {
     /// The snapshot owns its receive buffers and hands them back to the kernel when dropped (or
     /// [`released`](ReadSnapshot::release)), so the next `read` needs no reset call; `&mut self`
     /// keeps reads one at a time.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: bytes are taken from the connection only when the future resolves, so
+    /// dropping it before (in a `select!` with a timer, say) loses nothing — the next `read`
+    /// returns them. Time spent waiting in a dropped read does not count against
+    /// [`read_timeout`](crate::ReactorConfig::read_timeout).
     pub fn read(&mut self) -> Read<'_> {
         Read {
             conn: self,
@@ -29,7 +39,7 @@ impl Connection {
     }
 }
 
-/// Future of [`Connection::read`].
+/// Future of [`Connection::read`]. Cancel-safe (see there).
 #[must_use = "futures do nothing unless polled"]
 pub struct Read<'a> {
     conn: &'a mut Connection,
@@ -40,6 +50,9 @@ pub struct Read<'a> {
 impl Drop for Read<'_> {
     fn drop(&mut self) {
         if self.waiting {
+            // A read woken and dropped instead of polled (a `select!` took another branch) still
+            // delivers what the reactor handed over.
+            self.conn.shared.reactor.deliver_wakes();
             // Nobody waits any more: time from here on does not count against the read timeout.
             self.conn.shared.lock().read_since = None;
         }
@@ -72,13 +85,20 @@ impl Connection {
     /// the timeout's clock and the next `Ready` stops it.
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<ReadSnapshot> {
         let shared = &self.shared;
+        // Wake-ups the reactor handed over for this thread to deliver (docs/architecture.md,
+        // "Requests and wake-ups").
+        shared.reactor.deliver_wakes();
         let mut st = shared.lock();
         if !st.recv.is_empty() || st.read_end.is_some() {
             st.read_since = None;
         }
         if !st.recv.is_empty() {
             let mut items = std::mem::take(&mut st.spare);
-            items.extend(st.recv.drain(..));
+            // Two slice copies, not an element-by-element drain.
+            let (a, b) = st.recv.as_slices();
+            items.extend_from_slice(a);
+            items.extend_from_slice(b);
+            st.recv.clear();
             st.in_cycle = true;
             drop(st);
             return Poll::Ready(ReadSnapshot {
@@ -96,10 +116,7 @@ impl Connection {
                 closed: Some(reason),
             });
         }
-        match &mut st.read_waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
+        st.read_remote = shared::register(&mut st.read_waker, cx.waker(), &shared.reactor);
         if shared.reactor.stamp_reads && st.read_since.is_none() {
             st.read_since = Some(shared.reactor.clock.now_ms());
         }
@@ -120,10 +137,10 @@ impl Connection {
 /// The snapshot holds its receive buffers: they stay out of the kernel's hands, and readable,
 /// until the snapshot is dropped or [`release`](Self::release)d, which returns them all in one
 /// call. Borrowed views ([`buffers`](Self::buffers), [`sequence`](Self::sequence),
-/// [`RingItem::as_slice`]) cannot outlive that.
+/// [`RecvBuffer::as_slice`]) cannot outlive that.
 pub struct ReadSnapshot {
     items: Vec<RecvItem>,
-    // Items before `next` were handed out as `RingItem`s, which return themselves.
+    // Items before `next` were handed out as `RecvBuffer`s, which return themselves.
     next: usize,
     shared: Option<Arc<ConnShared>>,
     closed: Option<CloseReason>,
@@ -192,12 +209,13 @@ impl ReadSnapshot {
     }
 
     /// Takes the next receive buffer for low-level processing (C# zerg: `TryGetRing`). The
-    /// item returns its buffer to the kernel when dropped or [`returned`](RingItem::return_ring);
+    /// item returns its buffer to the kernel when dropped or [`released`](RecvBuffer::release);
     /// take the next one after that.
-    pub fn try_get_ring(&mut self) -> Option<RingItem<'_>> {
+    #[doc(alias = "TryGetRing")]
+    pub fn next_buffer(&mut self) -> Option<RecvBuffer<'_>> {
         let item = *self.items.get(self.next)?;
         self.next += 1;
-        Some(RingItem {
+        Some(RecvBuffer {
             item,
             snapshot: self,
         })
@@ -205,6 +223,7 @@ impl ReadSnapshot {
 
     /// Hands every buffer back to the kernel now (C# zerg: `ReturnRingBuffers`); same as
     /// dropping the snapshot.
+    #[doc(alias = "ReturnRingBuffers")]
     pub fn release(self) {}
 
     /// Whether this snapshot was read from the connection `shared`.
@@ -303,17 +322,17 @@ impl fmt::Debug for ReadSnapshot {
     }
 }
 
-/// One receive buffer taken from a snapshot (C# zerg: `RingItem`).
+/// One receive buffer taken from a snapshot (C# zerg: `RecvBuffer`).
 ///
 /// The bytes are readable through [`as_slice`](Self::as_slice) while the item lives; dropping it
-/// or calling [`return_ring`](Self::return_ring) hands the buffer back to the kernel, after which
+/// or calling [`release`](Self::release) hands the buffer back to the kernel, after which
 /// no slice of it can be alive.
-pub struct RingItem<'a> {
+pub struct RecvBuffer<'a> {
     item: RecvItem,
     snapshot: &'a ReadSnapshot,
 }
 
-impl RingItem<'_> {
+impl RecvBuffer<'_> {
     /// The received bytes.
     pub fn as_slice(&self) -> &[u8] {
         self.snapshot.slice(&self.item)
@@ -341,10 +360,26 @@ impl RingItem<'_> {
     }
 
     /// Hands the buffer back to the kernel (C# zerg: `ReturnRing`); same as dropping the item.
-    pub fn return_ring(self) {}
+    #[doc(alias = "ReturnRing")]
+    pub fn release(self) {}
 }
 
-impl Drop for RingItem<'_> {
+/// The received bytes, as [`as_slice`](RecvBuffer::as_slice).
+impl std::ops::Deref for RecvBuffer<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl AsRef<[u8]> for RecvBuffer<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl Drop for RecvBuffer<'_> {
     fn drop(&mut self) {
         if let Some(shared) = &self.snapshot.shared {
             shared.give_back_one(self.item);
@@ -352,9 +387,9 @@ impl Drop for RingItem<'_> {
     }
 }
 
-impl fmt::Debug for RingItem<'_> {
+impl fmt::Debug for RecvBuffer<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RingItem")
+        f.debug_struct("RecvBuffer")
             .field("buffer_id", &self.item.bid)
             .field("len", &self.item.len)
             .finish()
@@ -439,42 +474,12 @@ impl<'a> Sequence<'a> {
         s
     }
 
-    /// Offset of the first occurrence of `needle`, which may straddle segments.
+    /// Offset of the first occurrence of `needle`, which may straddle any number of segments.
+    ///
+    /// Each segment is searched in place with `memchr::memmem`; around each boundary only the
+    /// `needle.len() - 1` bytes on either side are gathered, to find a match that crosses it.
     pub fn position_of(&self, needle: &[u8]) -> Option<usize> {
-        let m = needle.len();
-        if m == 0 {
-            return Some(0);
-        }
-        let mut base = 0;
-        for segment in self.segments() {
-            // A match contained in this segment starts at most at len - m; one that straddles
-            // into the next segments starts later. Check in that order.
-            if let Some(i) = find(segment, needle) {
-                return Some(base + i);
-            }
-            for start in segment.len().saturating_sub(m - 1)..segment.len() {
-                if self.matches_at(base + start, needle) {
-                    return Some(base + start);
-                }
-            }
-            base += segment.len();
-        }
-        None
-    }
-
-    fn matches_at(&self, pos: usize, needle: &[u8]) -> bool {
-        if pos + needle.len() > self.remaining {
-            return false;
-        }
-        let mut rest = needle;
-        for segment in self.slice(pos, needle.len()).segments() {
-            let (head, tail) = rest.split_at(segment.len());
-            if head != segment {
-                return false;
-            }
-            rest = tail;
-        }
-        rest.is_empty()
+        position_in(self.segments(), needle)
     }
 
     /// Copies the view into a new vector.
@@ -487,26 +492,65 @@ impl<'a> Sequence<'a> {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.len() > hay.len() {
-        return None;
+/// Offset of the first occurrence of `needle` in the concatenation of `segments`.
+fn position_in(segments: Segments<'_>, needle: &[u8]) -> Option<usize> {
+    let m = needle.len();
+    if m == 0 {
+        return Some(0);
     }
-    let first = needle[0];
-    let mut i = 0;
-    while i + needle.len() <= hay.len() {
-        match hay[i..=hay.len() - needle.len()]
-            .iter()
-            .position(|&b| b == first)
-        {
-            None => return None,
-            Some(p) => {
-                let at = i + p;
-                if &hay[at..at + needle.len()] == needle {
-                    return Some(at);
-                }
-                i = at + 1;
+    FINDER.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.as_ref().is_none_or(|f| f.needle() != needle) {
+            *cached = Some(Finder::new(needle).into_owned());
+        }
+        let finder = cached.as_ref().expect("just set");
+        search(segments, finder)
+    })
+}
+
+thread_local! {
+    /// The searcher for the needle last looked for on this thread: building one costs several
+    /// times more than searching a short message, and parsers look for the same needle (a
+    /// delimiter) again and again.
+    static FINDER: RefCell<Option<Finder<'static>>> = const { RefCell::new(None) };
+}
+
+fn search(segments: Segments<'_>, finder: &Finder<'_>) -> Option<usize> {
+    let m = finder.needle().len();
+    // The bytes around one boundary: at most m - 1 before it, then at most m - 1 after it. Any
+    // match found there starts before the boundary and ends after it.
+    let mut small = [0u8; 64];
+    let mut large = Vec::new();
+    let window: &mut [u8] = if 2 * (m - 1) <= small.len() {
+        &mut small
+    } else {
+        large.resize(2 * (m - 1), 0);
+        &mut large
+    };
+    let mut base = 0;
+    let mut rest = segments;
+    while let Some(segment) = rest.next() {
+        // A match inside this segment comes before one that starts here and straddles out.
+        if let Some(i) = finder.find(segment) {
+            return Some(base + i);
+        }
+        let tail = &segment[segment.len().saturating_sub(m - 1)..];
+        window[..tail.len()].copy_from_slice(tail);
+        let mut len = tail.len();
+        for next in rest.clone() {
+            let take = next.len().min(tail.len() + m - 1 - len);
+            window[len..len + take].copy_from_slice(&next[..take]);
+            len += take;
+            if len == tail.len() + m - 1 {
+                break;
             }
         }
+        if len > tail.len()
+            && let Some(i) = finder.find(&window[..len])
+        {
+            return Some(base + segment.len() - tail.len() + i);
+        }
+        base += segment.len();
     }
     None
 }

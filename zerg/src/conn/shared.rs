@@ -14,7 +14,7 @@ use crate::error::CloseReason;
 use crate::ring::SendBuf;
 use crate::ring::outgoing::Outgoing;
 use crate::ring::token::{ConnectionId, Kind, Token};
-use crate::runtime::ReactorShared;
+use crate::runtime::{ReactorShared, local};
 
 /// Returned pieces that may wait for the connection's next request before the reactor is asked
 /// to recycle them.
@@ -54,6 +54,9 @@ pub(crate) struct ConnState {
     /// No more bytes will arrive, for this reason; reported once `recv` is empty.
     pub(super) read_end: Option<CloseReason>,
     pub(super) read_waker: Option<Waker>,
+    /// `read_waker` was registered on a thread other than the reactor's: its wake is deferred
+    /// to the end of the reactor's loop iteration and handed over in a batch.
+    pub(super) read_remote: bool,
     /// Reactor time (ms) a read started waiting, while one waits (only stamped when a read
     /// timeout is configured).
     pub(super) read_since: Option<u64>,
@@ -68,6 +71,8 @@ pub(crate) struct ConnState {
     /// The write side was shut down (FIN sent) at the application's request.
     pub(super) shut_down: bool,
     pub(super) flush_waker: Option<Waker>,
+    /// As `read_remote`, for `flush_waker`.
+    pub(super) flush_remote: bool,
 
     /// Request bits for the reactor and whether the token is queued.
     pub(super) requests: u8,
@@ -94,10 +99,27 @@ impl Requests {
     }
 }
 
-fn wake(w: Option<Waker>) {
+/// Wakes `w` (called on the reactor thread): at once if it was registered there, else with the
+/// other wakes of this loop iteration ([`local::defer_wake`]).
+#[inline]
+fn wake(w: Option<Waker>, remote: bool) {
     if let Some(w) = w {
-        w.wake();
+        if remote {
+            local::defer_wake(w);
+        } else {
+            w.wake();
+        }
     }
+}
+
+/// Stores `cx`'s waker in `slot` unless it is there already; returns whether it was registered
+/// on a thread other than `reactor`'s.
+pub(super) fn register(slot: &mut Option<Waker>, waker: &Waker, reactor: &ReactorShared) -> bool {
+    match slot {
+        Some(w) if w.will_wake(waker) => {}
+        slot => *slot = Some(waker.clone()),
+    }
+    !local::is_current(reactor)
 }
 
 /// The handle's side.
@@ -194,9 +216,9 @@ impl ConnShared {
         let w = {
             let mut st = self.lock();
             st.recv.push_back(item);
-            st.read_waker.take()
+            (st.read_waker.take(), st.read_remote)
         };
-        wake(w);
+        wake(w.0, w.1);
     }
 
     /// No more bytes will be read: the reader learns `reason` after what is queued.
@@ -204,9 +226,9 @@ impl ConnShared {
         let w = {
             let mut st = self.lock();
             st.read_end.get_or_insert(reason);
-            st.read_waker.take()
+            (st.read_waker.take(), st.read_remote)
         };
-        wake(w);
+        wake(w.0, w.1);
     }
 
     /// Writes fail with `reason` from now on; a waiting flush learns it.
@@ -214,9 +236,9 @@ impl ConnShared {
         let w = {
             let mut st = self.lock();
             st.write_end.get_or_insert(reason);
-            st.flush_waker.take()
+            (st.flush_waker.take(), st.flush_remote)
         };
-        wake(w);
+        wake(w.0, w.1);
     }
 
     /// Takes the raised requests: pieces handed back go into `returned`. With `send` (no send in
@@ -229,7 +251,7 @@ impl ConnShared {
         send: Option<&mut SendBuf>,
     ) -> Requests {
         let mut out = Requests::default();
-        let mut w = None;
+        let mut w = (None, false);
         {
             let mut st = self.lock();
             out.bits = std::mem::take(&mut st.requests);
@@ -242,14 +264,14 @@ impl ConnShared {
             {
                 if st.outgoing.is_empty() {
                     st.flush_done = st.flush_requested;
-                    w = st.flush_waker.take();
+                    w = (st.flush_waker.take(), st.flush_remote);
                 } else {
                     send.load(&mut st.outgoing);
                     out.send = Some(st.flush_requested);
                 }
             }
         }
-        wake(w);
+        wake(w.0, w.1);
         out
     }
 
@@ -266,9 +288,9 @@ impl ConnShared {
                 return Some(st.flush_requested);
             }
             st.flush_done = st.flush_done.max(done);
-            st.flush_waker.take()
+            (st.flush_waker.take(), st.flush_remote)
         };
-        wake(w);
+        wake(w.0, w.1);
         None
     }
 
@@ -286,9 +308,9 @@ impl ConnShared {
                     st.write_end.get_or_insert(reason);
                 }
             }
-            st.flush_waker.take()
+            (st.flush_waker.take(), st.flush_remote)
         };
-        wake(w);
+        wake(w.0, w.1);
     }
 
     /// The reactor frees the connection: every piece the connection still has (unread,
@@ -302,10 +324,13 @@ impl ConnShared {
             st.outgoing.take_pieces(items);
             st.read_end.get_or_insert(CloseReason::Local);
             st.write_end.get_or_insert(CloseReason::Local);
-            (st.read_waker.take(), st.flush_waker.take())
+            (
+                (st.read_waker.take(), st.read_remote),
+                (st.flush_waker.take(), st.flush_remote),
+            )
         };
-        wake(rw);
-        wake(fw);
+        wake(rw.0, rw.1);
+        wake(fw.0, fw.1);
     }
 
     /// Since when (reactor time, ms) a read has been waiting for bytes, if one is.

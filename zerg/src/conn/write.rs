@@ -9,13 +9,13 @@ use std::task::{Context, Poll};
 
 use crate::error::{CloseReason, Error, Result};
 
-use super::{ConnShared, ConnState, Connection, ReadSnapshot, request};
+use super::{ConnShared, ConnState, Connection, ReadSnapshot, request, shared};
 use crate::buf_ring::RecvItem;
 use crate::ring::outgoing::Outgoing;
 
 /// The staging buffer of a connection.
 ///
-/// `out.bytes[..len]` is staged. After [`Connection::get_span`], `out.bytes` may be longer than
+/// `out.bytes[..len]` is staged. After [`Connection::span_mut`], `out.bytes` may be longer than
 /// `len`: the tail is the span handed out (initialised memory, so the span is a plain
 /// `&mut [u8]`). Received pieces staged by [`Connection::write_snapshot`] are listed in `out`.
 pub(crate) struct WriteBuf {
@@ -127,9 +127,10 @@ impl Connection {
     }
 
     /// A span of at least `size_hint` bytes (at least 1) to write into directly; commit what was
-    /// written with [`advance`](Self::advance) (C# zerg: `IBufferWriter.GetSpan`). The span's
+    /// written with [`commit`](Self::commit) (C# zerg: `IBufferWriter.GetSpan`). The span's
     /// initial contents are unspecified (zeroes or earlier bytes).
-    pub fn get_span(&mut self, size_hint: usize) -> &mut [u8] {
+    #[doc(alias = "GetSpan")]
+    pub fn span_mut(&mut self, size_hint: usize) -> &mut [u8] {
         let want = self.wbuf.len + size_hint.max(1);
         if self.wbuf.out.bytes.len() < want {
             self.wbuf.out.bytes.resize(want, 0);
@@ -137,16 +138,17 @@ impl Connection {
         &mut self.wbuf.out.bytes[self.wbuf.len..]
     }
 
-    /// Commits `count` bytes written into the span from [`get_span`](Self::get_span).
+    /// Commits `count` bytes written into the span from [`span_mut`](Self::span_mut).
     ///
     /// # Errors
     ///
-    /// [`Error::AdvanceOutOfRange`] if `count` exceeds the span; [`Error::WriteBufferFull`] if it
+    /// [`Error::CommitOutOfRange`] if `count` exceeds the span; [`Error::WriteBufferFull`] if it
     /// would exceed `max_write_buffer`. Nothing is committed then.
-    pub fn advance(&mut self, count: usize) -> Result<()> {
+    #[doc(alias = "Advance")]
+    pub fn commit(&mut self, count: usize) -> Result<()> {
         let available = self.wbuf.out.bytes.len() - self.wbuf.len;
         if count > available {
-            return Err(Error::AdvanceOutOfRange {
+            return Err(Error::CommitOutOfRange {
                 requested: count,
                 available,
             });
@@ -166,6 +168,16 @@ impl Connection {
     /// `FlushAsync`). Partial sends are resubmitted by the reactor. A flush with nothing staged
     /// still waits for earlier flushes that are in progress.
     ///
+    /// This is the only way to send: [`std::io::Write::flush`] on a connection cannot wait and
+    /// sends nothing (see the [`std::io::Write` impl](#impl-Write-for-Connection)).
+    ///
+    /// # Cancel safety
+    ///
+    /// Nothing is lost by dropping the future. Dropped before its first poll, it did nothing:
+    /// the bytes stay staged. Dropped later, the staged bytes were already handed to the
+    /// reactor, which sends them anyway; only the outcome is not reported — the next `flush`
+    /// waits for them too and reports a failure that happened meanwhile.
+    ///
     /// # Errors
     ///
     /// [`Error::Closed`] with the reason when the connection failed or closed first (peer reset,
@@ -181,6 +193,18 @@ impl Connection {
     /// Stages and sends all of `data`, flushing whenever the staging buffer is full: any size,
     /// with memory bounded by `max_write_buffer` (back-pressure instead of an error). Call
     /// [`flush`](Self::flush) afterwards for what remains staged.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe, like `tokio::io::AsyncWriteExt::write_all`: dropped before it resolves,
+    /// an unknown prefix of `data` has been staged (and possibly sent), the rest has not. What
+    /// was staged stays staged; what was handed to the reactor is still sent. Writing `data`
+    /// again would duplicate that prefix: after a cancelled `write_all`, close the connection
+    /// (or use [`write`](Self::write), which stages all or nothing, under a bound you chose).
+    ///
+    /// # Errors
+    ///
+    /// As for [`flush`](Self::flush).
     pub fn write_all<'a>(&'a mut self, data: &'a [u8]) -> WriteAll<'a> {
         WriteAll {
             conn: self,
@@ -190,6 +214,13 @@ impl Connection {
     }
 
     /// Flushes, then shuts the write side down (the peer reads end-of-file). Reading continues.
+    ///
+    /// # Cancel safety
+    ///
+    /// No staged byte is lost by dropping the future (as for [`flush`](Self::flush)), but
+    /// whether the write side gets shut down depends on how far it got: dropped while flushing,
+    /// no FIN is sent; dropped after the flush completed, the reactor sends the FIN anyway.
+    /// Await `shutdown` again to be sure (it is idempotent).
     ///
     /// # Errors
     ///
@@ -201,47 +232,26 @@ impl Connection {
         }
     }
 
-    /// Starts a flush if bytes are staged; returns the sequence number to wait for.
-    fn start_flush(&mut self) -> std::result::Result<u64, CloseReason> {
-        let shared = &self.shared;
-        let (target, queue) = {
-            let mut st = shared.lock();
-            if let Some(reason) = st.write_end {
-                return Err(reason);
-            }
-            st.in_cycle = false;
-            let mut queue = false;
-            if !self.wbuf.is_empty() {
-                self.wbuf.hand_over(&mut st);
-                queue = ConnShared::raise(&mut st, request::FLUSH);
-            } else if st.requests != 0 {
-                // Nothing to send, but returns raised lazily must not wait any longer.
-                queue = !std::mem::replace(&mut st.queued, true);
-            }
-            (st.flush_requested, queue)
-        };
-        if queue {
-            shared.enqueue();
-        }
-        Ok(target)
-    }
-
-    fn poll_flushed(&self, target: u64, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let mut st = self.shared.lock();
-        if st.flush_done >= target {
-            return Poll::Ready(Ok(()));
-        }
+    /// Starts a flush (with the lock held): hands what is staged to the reactor. Returns the
+    /// sequence number to wait for and whether the caller must queue the token once it released
+    /// the lock.
+    fn start_flush(
+        wbuf: &mut WriteBuf,
+        st: &mut ConnState,
+    ) -> std::result::Result<(u64, bool), CloseReason> {
         if let Some(reason) = st.write_end {
-            return Poll::Ready(Err(match reason {
-                CloseReason::TimedOut => Error::TimedOut,
-                r => Error::Closed(r),
-            }));
+            return Err(reason);
         }
-        match &mut st.flush_waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
+        st.in_cycle = false;
+        let mut queue = false;
+        if !wbuf.is_empty() {
+            wbuf.hand_over(st);
+            queue = ConnShared::raise(st, request::FLUSH);
+        } else if st.requests != 0 {
+            // Nothing to send, but returns raised lazily must not wait any longer.
+            queue = !std::mem::replace(&mut st.queued, true);
         }
-        Poll::Pending
+        Ok((st.flush_requested, queue))
     }
 
     /// Poll-style [`flush`](Self::flush), for adapters. `state` carries the flush in progress
@@ -272,28 +282,54 @@ impl Connection {
         self.wbuf.room()
     }
 
-    /// Poll-style flush for adapters: starts (once) and polls a flush of what is staged.
+    /// Poll-style flush for adapters: starts (once) and polls a flush of what is staged, under
+    /// one lock.
     pub(crate) fn poll_flush_inner(
         &mut self,
         target: &mut Option<u64>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<()>> {
-        let t = match *target {
-            Some(t) => t,
-            None => {
-                let t = self.start_flush().map_err(|r| match r {
-                    CloseReason::TimedOut => Error::TimedOut,
-                    r => Error::Closed(r),
-                })?;
-                *target = Some(t);
-                t
+        let (shared, wbuf) = (&self.shared, &mut self.wbuf);
+        // Wake-ups the reactor handed over for this thread to deliver (docs/architecture.md,
+        // "Requests and wake-ups").
+        shared.reactor.deliver_wakes();
+        let mut queue = false;
+        let res = {
+            let mut st = shared.lock();
+            let t = match *target {
+                Some(t) => Ok(t),
+                None => Self::start_flush(wbuf, &mut st).map(|(t, q)| {
+                    queue = q;
+                    *target = Some(t);
+                    t
+                }),
+            };
+            match t {
+                Err(reason) => Poll::Ready(Err(reason)),
+                Ok(t) if st.flush_done >= t => Poll::Ready(Ok(())),
+                Ok(_) => match st.write_end {
+                    Some(reason) => Poll::Ready(Err(reason)),
+                    None => {
+                        st.flush_remote =
+                            shared::register(&mut st.flush_waker, cx.waker(), &shared.reactor);
+                        Poll::Pending
+                    }
+                },
             }
         };
-        let res = self.poll_flushed(t, cx);
-        if res.is_ready() {
-            *target = None;
+        if queue {
+            shared.enqueue();
         }
-        res
+        match res {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => {
+                *target = None;
+                Poll::Ready(r.map_err(|reason| match reason {
+                    CloseReason::TimedOut => Error::TimedOut,
+                    r => Error::Closed(r),
+                }))
+            }
+        }
     }
 }
 
@@ -311,7 +347,7 @@ pub struct ShutdownState {
     requested: bool,
 }
 
-/// Future of [`Connection::flush`].
+/// Future of [`Connection::flush`]. Dropping it loses no byte (see there).
 #[must_use = "futures do nothing unless polled"]
 pub struct Flush<'a> {
     conn: &'a mut Connection,
@@ -335,7 +371,7 @@ impl fmt::Debug for Flush<'_> {
     }
 }
 
-/// Future of [`Connection::write_all`].
+/// Future of [`Connection::write_all`]. Not cancel-safe (see there).
 #[must_use = "futures do nothing unless polled"]
 pub struct WriteAll<'a> {
     conn: &'a mut Connection,
@@ -390,7 +426,7 @@ enum ShutdownPhase {
     ShuttingDown,
 }
 
-/// Future of [`Connection::shutdown`].
+/// Future of [`Connection::shutdown`]. See there for what dropping it does.
 #[must_use = "futures do nothing unless polled"]
 pub struct Shutdown<'a> {
     conn: &'a mut Connection,
@@ -421,10 +457,7 @@ impl Connection {
         if let Some(reason) = st.write_end {
             return Poll::Ready(Err(Error::Closed(reason)));
         }
-        match &mut st.flush_waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
+        st.flush_remote = shared::register(&mut st.flush_waker, cx.waker(), &self.shared.reactor);
         Poll::Pending
     }
 }
@@ -456,9 +489,29 @@ impl fmt::Debug for Shutdown<'_> {
     }
 }
 
-/// Stages bytes; `flush` does nothing (it cannot wait): call [`Connection::flush`] to send.
+/// Stages bytes, for `write!` and code written against [`std::io::Write`].
+///
+/// **`std::io::Write::flush` does not send anything**: a synchronous call cannot wait for the
+/// reactor. Send with [`Connection::flush`]`().await` (the inherent method, which `conn.flush()`
+/// resolves to). So that code relying on `flush` to deliver does not lose bytes silently (a
+/// connection dropped after a "successful" flush discards what is staged), the trait's `flush`
+/// returns `Ok(())` only when there is nothing to send — nothing staged and no flush in progress
+/// — and otherwise fails with [`ErrorKind::WouldBlock`](std::io::ErrorKind::WouldBlock), whose
+/// message points to `Connection::flush().await`. Nothing is lost by that error: the bytes stay
+/// staged.
+///
 /// `write` stages as much as fits under `max_write_buffer` and fails with `WouldBlock` when
 /// nothing fits.
+///
+/// ```no_run
+/// # async fn f(mut conn: zerg_uring::Connection) -> zerg_uring::Result<()> {
+/// use std::io::Write as _;
+///
+/// write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}", 2, "OK")?;
+/// // std::io::Write::flush(&mut conn) would fail with WouldBlock here: bytes are staged.
+/// conn.flush().await?; // the inherent async flush sends them
+/// # Ok(()) }
+/// ```
 impl std::io::Write for Connection {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let n = data.len().min(self.wbuf.room());
@@ -475,10 +528,34 @@ impl std::io::Write for Connection {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        let staged = self.wbuf.len;
+        let in_flight = {
+            let st = self.shared.lock();
+            st.write_end.is_none() && st.flush_done < st.flush_requested
+        };
+        if staged == 0 && !in_flight {
+            return Ok(());
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!(
+                "std::io::Write::flush cannot send on a zerg Connection ({staged} bytes staged{}): \
+                 call Connection::flush().await",
+                if in_flight {
+                    ", a flush in progress"
+                } else {
+                    ""
+                }
+            ),
+        ))
     }
 }
 
+/// Stages bytes through `bytes::BufMut` (`put_slice`, `put_u32`, ...; encoders that write into a
+/// `BufMut`). [`remaining_mut`](bytes::BufMut::remaining_mut) is the room left under
+/// `max_write_buffer`; as `BufMut` requires, a `put` that does not fit panics, so check
+/// `remaining_mut` (or [`Connection::write_capacity`]) first, or use [`Connection::write`],
+/// which returns an error instead. Nothing is sent until [`Connection::flush`].
 // SAFETY: `chunk_mut` hands out the spare capacity of the staging vector after the staged bytes;
 // `advance_mut` commits exactly what the caller initialised there (the caller's contract), and
 // `remaining_mut` never exceeds `max_write_buffer - staged`.

@@ -31,7 +31,10 @@ use crate::{Engine, EngineOptions, Result};
 ///         .expect("axum::serve does not fail");
 ///     // axum dropped the listener: this is the last handle on the engine.
 ///     engine.shutdown(Duration::from_secs(1));
-///     Arc::into_inner(engine).map_or(Ok(()), Engine::join)
+///     match Arc::into_inner(engine) {
+///         Some(engine) => engine.join_async().await,
+///         None => Ok(()),
+///     }
 /// }
 /// ```
 #[derive(Debug, Clone)]
@@ -45,12 +48,13 @@ impl Listener {
         Listener { engine }
     }
 
-    /// Starts an engine with [`Engine::listen`] and wraps it.
+    /// Starts an engine with [`Engine::listen`] and wraps it; `options` is anything
+    /// [`Engine::listen`] takes (an [`EngineOptions`], an address, a `TcpListener`).
     ///
     /// # Errors
     ///
     /// As for [`Engine::listen`].
-    pub fn bind(options: EngineOptions) -> Result<Listener> {
+    pub fn bind(options: impl Into<EngineOptions>) -> Result<Listener> {
         Ok(Listener::new(Arc::new(Engine::listen(options)?)))
     }
 

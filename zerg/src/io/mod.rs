@@ -1,7 +1,7 @@
 //! Adapters over the connection API, so that code written for Rust's I/O traits runs on zerg.
 //!
 //! - [`ConnectionReader`] (C# zerg: `ConnectionPipeReader`): a zero-copy, multi-segment view of
-//!   everything received and not yet consumed, with `advance_to(consumed, examined)`.
+//!   everything received and not yet consumed, with `advance(consumed, examined)`.
 //! - [`ConnectionStream`] (C# zerg: `ConnectionStream`): `tokio::io::{AsyncRead, AsyncWrite}`
 //!   and `futures_io::{AsyncRead, AsyncWrite}`, one copy per read; hyper and tokio-util codecs
 //!   run on it.

@@ -15,7 +15,7 @@ use crate::error::{CloseReason, Error};
 /// [`read`](Self::read) returns a [`ReaderResult`]: a multi-segment view ([`Sequence`]) of
 /// everything received and not yet consumed — possibly spanning several receive buffers and
 /// several reads — plus whether the connection is completed (no more bytes will come). The bytes
-/// are read in place in the kernel's receive buffers. [`advance_to`](Self::advance_to) then says
+/// are read in place in the kernel's receive buffers. [`advance`](Self::advance) then says
 /// how far the application got:
 ///
 /// - `consumed`: bytes that are done with. Every receive buffer that lies wholly before this
@@ -24,13 +24,13 @@ use crate::error::{CloseReason, Error};
 ///   incomplete message, say), the next `read` waits for new bytes instead of returning the same
 ///   view again, so parsing a partial message never busy-loops.
 ///
-/// A `read` with no `advance_to` since the previous one counts as `advance_to(0, len)`: nothing
+/// A `read` with no `advance` since the previous one counts as `advance(0, len)`: nothing
 /// consumed, everything examined.
 ///
 /// Writing goes through the connection: [`ReaderResult::connection`] (while the view is alive,
 /// say to write bytes straight from it) or [`get_mut`](Self::get_mut), for
 /// [`write`](Connection::write) and [`flush`](Connection::flush).
-/// [`complete`](Self::complete) (C# zerg: `Complete`) returns every held buffer and hands the
+/// [`into_inner`](Self::into_inner) (C# zerg: `Complete`) returns every held buffer and hands the
 /// connection back.
 ///
 /// With the `tokio` or `futures-io` feature the reader also implements `AsyncBufRead` (one
@@ -77,12 +77,12 @@ use crate::error::{CloseReason, Error};
 ///                     consumed += i + 1;
 ///                 }
 ///                 result.connection().flush().await?;
-///                 reader.advance_to(consumed, examined);
+///                 reader.advance(consumed, examined);
 ///             }
 ///             Ok::<(), zerg_uring::Error>(())
 ///         });
 ///     }
-///     engine.join()
+///     engine.join_async().await
 /// }
 /// ```
 pub struct ConnectionReader {
@@ -127,6 +127,11 @@ impl ConnectionReader {
     /// Returns at once when the previous view was not examined to its end, or when the
     /// connection is completed (the view then holds whatever was left unconsumed; it never grows
     /// again). Otherwise waits for new bytes.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: bytes that arrive while the future waits are kept in the reader, so
+    /// dropping it loses nothing — the next `read` returns them in its view.
     pub fn read(&mut self) -> ReaderRead<'_> {
         ReaderRead { reader: Some(self) }
     }
@@ -160,7 +165,7 @@ impl ConnectionReader {
         if must_wait && self.over_bound(false) {
             return Poll::Ready(());
         }
-        // Until told otherwise by `advance_to`, this view counts as examined to its end.
+        // Until told otherwise by `advance`, this view counts as examined to its end.
         self.wait = true;
         Poll::Ready(())
     }
@@ -189,7 +194,7 @@ impl ConnectionReader {
         } else {
             return false;
         };
-        tracing::debug!(reactor = shared.index, slot = self.conn.id().slot(), %error, "reader gave up");
+        tracing::debug!(reactor = shared.index, conn = %self.conn.id(), %error, "reader gave up");
         self.inbound.consume(held);
         self.too_large = Some(error);
         true
@@ -213,11 +218,12 @@ impl ConnectionReader {
     /// # Panics
     ///
     /// If `consumed > examined` or `examined` exceeds the view's length.
-    pub fn advance_to(&mut self, consumed: usize, examined: usize) {
+    #[doc(alias = "AdvanceTo")]
+    pub fn advance(&mut self, consumed: usize, examined: usize) {
         let len = self.inbound.len();
         assert!(
             consumed <= examined && examined <= len,
-            "advance_to({consumed}, {examined}) on a {len}-byte view"
+            "advance({consumed}, {examined}) on a {len}-byte view"
         );
         self.wait = examined == len;
         self.inbound.consume(consumed);
@@ -237,7 +243,8 @@ impl ConnectionReader {
     /// Ends reading (C# zerg: `Complete`): every held receive buffer goes back to the kernel
     /// now and unconsumed bytes are discarded. Returns the connection, to keep writing or to drop
     /// (which closes it).
-    pub fn complete(self) -> Connection {
+    #[doc(alias = "Complete")]
+    pub fn into_inner(self) -> Connection {
         let ConnectionReader { inbound, conn, .. } = self;
         drop(inbound);
         conn
@@ -260,7 +267,7 @@ impl fmt::Debug for ConnectionReader {
     }
 }
 
-/// Future of [`ConnectionReader::read`].
+/// Future of [`ConnectionReader::read`]. Cancel-safe (see there).
 #[must_use = "futures do nothing unless polled"]
 pub struct ReaderRead<'a> {
     reader: Option<&'a mut ConnectionReader>,
@@ -299,7 +306,7 @@ pub struct ReaderResult<'a> {
 
 impl<'a> ReaderResult<'a> {
     /// Every byte received and not yet consumed, in place in the receive buffers (C# zerg:
-    /// `Buffer`). Offsets into it are what [`ConnectionReader::advance_to`] takes.
+    /// `Buffer`). Offsets into it are what [`ConnectionReader::advance`] takes.
     pub fn buffer(&self) -> Sequence<'a> {
         self.buffer.clone()
     }

@@ -30,6 +30,14 @@ use crate::conn::{Connection, FlushState, ShutdownState};
 /// buffers go back to the kernel, the connection closes, staged bytes not yet flushed are
 /// discarded.
 ///
+/// # Cancel safety
+///
+/// The futures of tokio's and futures' extension traits (`AsyncReadExt::read`,
+/// `AsyncWriteExt::write_all`, ...) behave as those traits document for any stream: a `read`
+/// dropped before it completes took nothing (bytes stay in the stream), a dropped `write_all`
+/// may have written an unknown prefix, and a dropped `flush` has handed the staged bytes to the
+/// reactor, which still sends them.
+///
 /// # Example
 ///
 /// An HTTP/1.1 server with hyper, keep-alive on:
@@ -59,7 +67,7 @@ use crate::conn::{Connection, FlushState, ShutdownState};
 ///                 .await;
 ///         });
 ///     }
-///     engine.join()
+///     engine.join_async().await
 /// }
 /// ```
 ///

@@ -12,6 +12,7 @@ use super::{Phase, Reactor, Sink, fatal};
 use crate::admission::{AcceptGate, Admission, GateAction};
 use crate::conn::Connection;
 use crate::error::Result;
+use crate::log_throttle::{log_accept_error, warn_throttled};
 use crate::ring::SockFd;
 use crate::ring::token::{Kind, Token};
 
@@ -71,12 +72,19 @@ impl Reactor {
             self.accepted(fd)?;
         } else if res != -libc::ECANCELED && !self.engine.is_stopping() {
             self.stats.accept_errors += 1;
-            tracing::warn!(reactor = self.index, error = %std::io::Error::from_raw_os_error(-res), "accept failed");
+            log_accept_error(&mut self.logs.accept_errors, -res);
         }
         // Stopping: the listener was shut down, which ends the accept with an error. Paused: the
         // loop re-arms it once there is room.
         let running = self.phase == Phase::Running && !self.engine.is_stopping();
-        if !more && running && !self.accepting.gate.is_paused() {
+        if res == -libc::EINVAL && running {
+            // The socket left the listening state under us (another holder of an inherited
+            // listener shut it down): re-arming would fail at once, forever.
+            tracing::error!(
+                reactor = self.index,
+                "listener is no longer listening; accepting on it stopped"
+            );
+        } else if !more && running && !self.accepting.gate.is_paused() {
             if res == -libc::EMFILE || res == -libc::ENFILE {
                 // Out of descriptors (or of slots in the file table): retrying at once would
                 // spin. Try again after a pause.
@@ -115,11 +123,7 @@ impl Reactor {
         {
             self.adopt(fd)?;
         } else {
-            tracing::debug!(
-                reactor = self.index,
-                ?fd,
-                "accepted past the connection cap; waiting for a place"
-            );
+            tracing::debug!(?fd, "accepted past the connection cap; waiting for a place");
             self.accepting.deferred.push_back(fd);
         }
         self.apply_gate()
@@ -143,8 +147,8 @@ impl Reactor {
             GateAction::Cancel => true,
             GateAction::Pause { cancel } => {
                 self.stats.accept_pauses += 1;
-                tracing::warn!(
-                    reactor = self.index,
+                warn_throttled!(
+                    self.logs.accept_pauses,
                     connections = self.conns.len(),
                     "connection cap reached: accepting paused, new connections wait in the listen backlog"
                 );
@@ -195,11 +199,17 @@ impl Reactor {
             return Ok(());
         }
         self.accepting.gate.resume();
-        tracing::info!(
-            reactor = self.index,
-            connections = self.conns.len(),
-            "below the connection cap again: accepting"
-        );
+        if self.logs.accept_pauses.last_warned() {
+            tracing::info!(
+                connections = self.conns.len(),
+                "below the connection cap again: accepting"
+            );
+        } else {
+            tracing::debug!(
+                connections = self.conns.len(),
+                "below the connection cap again: accepting"
+            );
+        }
         self.stats.accept_rearms += 1;
         self.arm_accept()
     }
@@ -234,6 +244,12 @@ impl Reactor {
             // Stopping (or, defensively, a place counted wrong): nobody will serve it.
             if self.phase == Phase::Running {
                 self.stats.connections_shed += 1;
+                warn_throttled!(
+                    self.logs.shed,
+                    ?fd,
+                    connections = self.conns.len(),
+                    "no room for a new connection on this reactor: closed it (shed)"
+                );
             }
             self.discard_fd(fd);
             self.release_place();
@@ -249,6 +265,7 @@ impl Reactor {
         if let SockFd::Fixed(_) = fd {
             self.stats.direct_connections += 1;
         }
+        tracing::trace!(conn = %id, ?fd, "connection opened");
         self.arm_recv(id)?;
         self.arm_conn_timer(id);
         let conn = Connection::new(shared, self.shared.max_write_buffer);
@@ -259,6 +276,12 @@ impl Reactor {
                     // is full: shed it. Dropping the handle queues its close.
                     if e.is_full() {
                         self.stats.connections_shed += 1;
+                        warn_throttled!(
+                            self.logs.shed,
+                            conn = %id,
+                            "the queue of connections for Engine::accept is full: closed a new \
+                             connection (shed); accept faster or raise the connection caps"
+                        );
                     }
                     drop(e.into_inner());
                 }

@@ -60,7 +60,7 @@ impl Reactor {
         conn.shared.end_read(reason);
         conn.shared.end_write(reason);
         if let Some(Err(e)) = self.shutdown_fd(id, libc::SHUT_RDWR) {
-            tracing::debug!(reactor = self.index, slot = id.slot, reason = %e, "shutdown of a failed connection");
+            tracing::debug!(conn = %id, error = %e, "shutdown of a failed connection");
         }
     }
 
@@ -85,6 +85,7 @@ impl Reactor {
         items.clear();
         self.items = items;
         if let Some(mut conn) = self.conns.remove(id) {
+            tracing::trace!(conn = %id, "connection closed");
             self.bury_send(id, &mut conn);
             if conn.admitted {
                 self.release_place();
@@ -180,7 +181,7 @@ impl Reactor {
         self.shared.mark_exited();
         executor::cancel_all(&self.shared);
         if let Err(e) = self.ring.uring().submitter().unregister_buf_ring(BGID) {
-            tracing::debug!(reactor = self.index, error = %e, "unregister buffer ring");
+            tracing::debug!(error = %e, "unregister buffer ring");
         }
         self.publish_stats();
     }
@@ -208,7 +209,6 @@ impl Reactor {
         let left = self.inflight();
         if left > 0 {
             tracing::error!(
-                reactor = self.index,
                 operations = left,
                 "operations still in flight after a failure; leaking their memory"
             );

@@ -136,7 +136,7 @@ impl Reactor {
         let closing = conn.is_closing();
         let Some(c) = conn.connect.as_mut() else {
             tracing::warn!(
-                reactor = self.index,
+                conn = %id,
                 "connect completion for a connection that is not connecting"
             );
             return Ok(());

@@ -122,7 +122,7 @@ impl Reactor {
             Kind::CloseSlot => self.on_close_slot(token.id, res),
             Kind::ShutdownWrite | Kind::ShutdownBoth => self.on_shutdown(token.kind, token.id, res),
             Kind::QuietClose => {
-                tracing::warn!(reactor = self.index, error = %io::Error::from_raw_os_error(-res), "close of a direct descriptor failed");
+                tracing::warn!(error = %io::Error::from_raw_os_error(-res), "close of a direct descriptor failed");
             }
             _ => {}
         }
@@ -147,7 +147,7 @@ impl Reactor {
                     .ring
                     .close_fixed(index, true, Token::engine(Kind::QuietClose))
                 {
-                    tracing::warn!(reactor = self.index, error = %e, "close of a direct descriptor");
+                    tracing::warn!(error = %e, "close of a direct descriptor");
                 }
             }
         }
@@ -183,7 +183,7 @@ impl Reactor {
             None => Err(io::Error::from_raw_os_error(libc::EALREADY)),
         };
         if let Err(e) = conn.shared.fd.installed(result) {
-            tracing::debug!(reactor = self.index, slot = id.slot, error = %e, "installing a direct descriptor failed");
+            tracing::debug!(conn = %id, error = %e, "installing a direct descriptor failed");
         }
     }
 
@@ -235,7 +235,7 @@ impl Reactor {
             };
             conn.shared.shut_down(result);
         } else if res < 0 && res != -libc::ENOTCONN {
-            tracing::debug!(reactor = self.index, slot = id.slot, error = %io::Error::from_raw_os_error(-res), "shutdown of a failed connection");
+            tracing::debug!(conn = %id, error = %io::Error::from_raw_os_error(-res), "shutdown of a failed connection");
         }
         self.maybe_finish_close(id);
     }
@@ -266,7 +266,7 @@ impl Reactor {
                     }
                     Err(e) => {
                         // Only a broken ring refuses an entry; the slot dies with the ring.
-                        tracing::error!(reactor = self.index, error = %e, "close of a direct descriptor");
+                        tracing::error!(error = %e, "close of a direct descriptor");
                         true
                     }
                 }
@@ -298,7 +298,7 @@ impl Reactor {
         };
         conn.ops -= 1;
         if res < 0 {
-            tracing::warn!(reactor = self.index, slot = id.slot, error = %io::Error::from_raw_os_error(-res), "close of a direct descriptor failed");
+            tracing::warn!(conn = %id, error = %io::Error::from_raw_os_error(-res), "close of a direct descriptor failed");
         }
         self.maybe_finish_close(id);
     }
@@ -323,12 +323,12 @@ impl Reactor {
                 if let Err(e) = sys::shutdown_both(fd)
                     && e.raw_os_error() != Some(libc::ENOTCONN)
                 {
-                    tracing::debug!(reactor = self.index, error = %e, "shutdown of a connection handed over");
+                    tracing::debug!(error = %e, "shutdown of a connection handed over");
                 }
                 conn.shared.fd.hand_over(libc::ENOTCONN);
             }
             Err(e) => {
-                tracing::debug!(reactor = self.index, slot = id.slot, error = %e, "no descriptor to hand over");
+                tracing::debug!(conn = %id, error = %e, "no descriptor to hand over");
                 conn.shared
                     .fd
                     .hand_over(e.raw_os_error().unwrap_or(libc::ENOTCONN));
@@ -381,7 +381,6 @@ impl Reactor {
         }
         if !self.features.graves.is_empty() {
             tracing::debug!(
-                reactor = self.index,
                 buffers = self.features.graves.len(),
                 "zero-copy notifications still outstanding at exit; leaking their send buffers"
             );

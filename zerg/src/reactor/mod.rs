@@ -11,6 +11,7 @@
 //!     drain requests again             what those tasks asked for
 //!     re-arm starved receives          when buffers came back
 //!     publish buffer-ring tail
+//!     hand wake-ups to other threads   one wake per batch (runtime/relay.rs)
 //!     submit and wait                  one io_uring_enter; blocks only when nothing is left to do
 //! }
 //! ```
@@ -24,7 +25,8 @@
 //! while a receive is paused), `send.rs`, `inbox.rs` (requests from handles), `close.rs`
 //! (closing, stopping, teardown), `timers.rs` (connection timeouts), `connect.rs` (outbound
 //! connections) and `outbound.rs` (their requests and answers), `fds.rs` (descriptors: direct
-//! ones, installs, shutdowns, closes; zero-copy sends' buffers); `conn.rs` holds the reactor's
+//! ones, installs, shutdowns, closes; zero-copy sends' buffers), `wait.rs` (the end of an
+//! iteration: wake-ups handed to other threads, submit and wait); `conn.rs` holds the reactor's
 //! half of a connection.
 
 mod accept;
@@ -38,6 +40,7 @@ mod pressure;
 mod recv;
 mod send;
 mod timers;
+mod wait;
 mod watch;
 
 use std::collections::VecDeque;
@@ -53,7 +56,8 @@ use crate::buf_ring::{BufRing, RecvItem};
 use crate::config::ReactorConfig;
 use crate::conn::{ConnShared, Connection};
 use crate::error::{Error, Result};
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Lifecycle, ThreadGuard};
+use crate::log_throttle::Throttles;
 use crate::ring::slots::Slots;
 use crate::ring::token::{ConnectionId, Kind, Token};
 use crate::ring::{Ring, SockFd};
@@ -100,9 +104,12 @@ pub(crate) struct ReactorInit {
     pub(crate) index: usize,
     pub(crate) config: ReactorConfig,
     pub(crate) mode: Mode,
-    /// Per-reactor accept mode: this reactor's `SO_REUSEPORT` listener.
+    /// Per-reactor accept mode: the listener this reactor accepts on (its own `SO_REUSEPORT`
+    /// socket, or one it shares with the other reactors).
     pub(crate) listener: Option<RawFd>,
     pub(crate) engine: Arc<Lifecycle>,
+    /// Held for the thread's whole life (`Engine::stopped`).
+    pub(crate) exit: ThreadGuard,
     /// The tokio runtime whose context the thread enters (`EngineOptions::tokio_context`).
     #[cfg(feature = "tokio-context")]
     pub(crate) tokio: Option<tokio::runtime::Handle>,
@@ -148,7 +155,12 @@ pub(crate) fn spawn(init: ReactorInit) -> Result<Spawned> {
 }
 
 fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Ready>) {
+    // Declared first, dropped last: after everything below has been torn down.
+    let _exit = init.exit.clone();
     let index = init.index;
+    // Every event of this thread (and of thread-per-core handlers) carries `reactor`. At
+    // `error` level so that it is on whenever any event is.
+    let _span = tracing::error_span!("reactor", reactor = index).entered();
     let engine = init.engine.clone();
     // Entered for the thread's whole life: every handler poll runs in the runtime's context.
     #[cfg(feature = "tokio-context")]
@@ -172,7 +184,7 @@ fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Ready>) {
     }
     let _ = ready.send(Ok((reactor.shared.clone(), reactor.outbound.clone())));
     drop(ready);
-    tracing::debug!(reactor = index, "reactor started");
+    tracing::debug!("reactor started");
 
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reactor.run()));
     let failure = match outcome {
@@ -181,7 +193,7 @@ fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Ready>) {
         Err(payload) => Some(panic_message(payload.as_ref())),
     };
     if let Some(reason) = &failure {
-        tracing::error!(reactor = index, %reason, "reactor failed; stopping the engine");
+        tracing::error!(%reason, "reactor failed; stopping the engine");
         engine.fail(Error::ReactorFailed {
             reactor: index,
             reason: reason.clone(),
@@ -189,7 +201,9 @@ fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Ready>) {
     }
     reactor.fail_outbound();
     reactor.teardown(failure.is_some());
-    tracing::debug!(reactor = index, "reactor stopped");
+    // A batch of wake-ups may still wait for its leader; nobody bounds that wait any more.
+    reactor.shared.deliver_wakes();
+    tracing::debug!("reactor stopped");
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,6 +265,8 @@ struct Reactor {
     /// Engine-level operations in flight (wake read, accept, timers, cancellations).
     misc_ops: u32,
     stats: ReactorStats,
+    /// Warnings that could repeat at the rate of traffic.
+    logs: Throttles,
     phase: Phase,
     cancel_all_sent: bool,
     /// Reactor time in milliseconds, read once per loop iteration.
@@ -258,6 +274,8 @@ struct Reactor {
     timeouts: Timeouts,
     conn_timers: ConnTimers,
     wakers: Vec<std::task::Waker>,
+    /// Wake-ups of tasks on other threads deferred during the iteration (`wait.rs`).
+    deferred: Vec<std::task::Waker>,
 }
 
 /// The error for a failed buffer-ring registration: kernels before 6.12 reject the
@@ -334,11 +352,13 @@ impl Reactor {
                 &who,
             ));
         }
+        let min_wait = sys::ring::min_wait_usec(&uring, config.min_wait, &who);
         let ring = Rc::new(Ring::new(
             uring,
             Duration::from_millis(100),
             config.cq_timeout,
         ));
+        ring.set_min_wait(min_wait);
         let features = fds::Features::setup(&ring, &config, index);
         let eventfd = EventFd::new().map_err(|e| Error::io(format!("eventfd for {who}"), e))?;
         let wake_fd = eventfd.raw();
@@ -391,12 +411,14 @@ impl Reactor {
             accept_armed: false,
             misc_ops: 0,
             stats,
+            logs: Throttles::default(),
             phase: Phase::Running,
             cancel_all_sent: false,
             now: 0,
             timeouts: Timeouts::new(&config),
             conn_timers: ConnTimers::default(),
             wakers: Vec::new(),
+            deferred: Vec::with_capacity(1024),
         };
         reactor.arm_wake()?;
         if reactor.listener.is_some() {
@@ -475,28 +497,9 @@ impl Reactor {
                 self.arm_wake()?;
             }
             self.bufs.publish();
+            self.hand_off_wakes();
             self.publish_stats();
-            let mut idle = !local::has_local_work() && self.ring.completion().is_empty();
-            let mut bound = None;
-            if idle {
-                // The earliest timer bounds the wait; one that is due already means no wait.
-                bound = self.wait_bound();
-                idle = bound != Some(Duration::ZERO);
-            }
-            if idle {
-                // From here on other threads signal the eventfd; a last look catches what they
-                // queued before they could see that.
-                self.shared.prepare_sleep();
-                if self.shared.has_remote_work() || self.outbound.has_work() {
-                    self.shared.woke();
-                    idle = false;
-                }
-            }
-            self.submit(idle, bound)?;
-            if idle {
-                self.shared.woke();
-                self.stats.wakeups += 1;
-            }
+            self.submit_and_wait()?;
         }
     }
 

@@ -14,6 +14,7 @@ use super::Reactor;
 use super::conn::RecvState;
 use crate::config::ReactorConfig;
 use crate::error::Result;
+use crate::log_throttle::warn_throttled;
 use crate::ring::token::ConnectionId;
 
 /// The ring-low policy of one reactor.
@@ -89,12 +90,12 @@ impl Reactor {
         self.pressure.low = true;
         self.stats.ring_low += 1;
         let quota = self.recv_cap();
-        tracing::debug!(
-            reactor = self.index,
+        warn_throttled!(
+            self.logs.ring_low,
             free,
             reserve = self.pressure.reserve,
             quota,
-            "receive ring low: connections holding the quota or more pause"
+            "receive ring low: connections holding the quota or more pause (see buffer_ring_entries)"
         );
         for id in self.conns.ids() {
             let Some(conn) = self.conns.get_mut(id) else {
@@ -111,7 +112,11 @@ impl Reactor {
     /// than half their bound wait for their handler, as usual).
     fn leave_low(&mut self, free: u32) -> Result<()> {
         self.pressure.low = false;
-        tracing::debug!(reactor = self.index, free, "receive ring recovered");
+        if self.logs.ring_low.last_warned() {
+            tracing::info!(free, "receive ring recovered");
+        } else {
+            tracing::debug!(free, "receive ring recovered");
+        }
         for id in self.conns.ids() {
             let Some(conn) = self.conns.get_mut(id) else {
                 continue;

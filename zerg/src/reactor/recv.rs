@@ -123,7 +123,6 @@ impl Reactor {
                 // The kernel predates IORING_RECV_MSHOT_LIM: receive without the limit.
                 if self.recv_limit {
                     tracing::debug!(
-                        reactor = self.index,
                         "multishot receive limit unsupported (Linux < 6.17); pausing by cancellation only"
                     );
                     self.recv_limit = false;
@@ -134,6 +133,7 @@ impl Reactor {
                 conn.recv = RecvState::Ended;
                 conn.life = Life::Failed;
                 let reason = CloseReason::from_errno(-r);
+                tracing::debug!(conn = %id, %reason, "receive failed; the connection ends");
                 conn.shared.end_read(reason);
                 conn.shared.end_write(reason);
                 Ok(())

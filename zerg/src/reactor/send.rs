@@ -7,6 +7,7 @@ use io_uring::cqueue;
 
 use super::{RETAIN_SEND_CAPACITY, Reactor, fatal};
 use crate::error::{CloseReason, Result};
+use crate::log_throttle::warn_throttled;
 use crate::ring::token::{ConnectionId, Kind, Token};
 use crate::ring::{SendProgress, zc_copied};
 
@@ -103,7 +104,6 @@ impl Reactor {
             }
             SendProgress::ZcRefused => {
                 tracing::warn!(
-                    reactor = self.index,
                     "the kernel refused a zero-copy send (IORING_SEND_ZC_REPORT_USAGE needs \
                      Linux 6.2); sending with copies from now on"
                 );
@@ -129,6 +129,24 @@ impl Reactor {
             CloseReason::from_errno(-res)
         };
         self.stats.flush_errors += 1;
+        match reason {
+            // The peer's or the network's doing: routine on the internet.
+            CloseReason::Reset
+            | CloseReason::TimedOut
+            | CloseReason::Error(
+                libc::ECONNABORTED
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::ENETDOWN
+                | libc::EHOSTDOWN,
+            ) => tracing::debug!(conn = %id, %reason, "send failed; the flush fails"),
+            _ => warn_throttled!(
+                self.logs.send_errors,
+                conn = %id,
+                %reason,
+                "send failed; the flush fails"
+            ),
+        }
         // A connection that failed already (a timeout) keeps the reason it was given.
         conn.shared.end_write(reason);
         Ok(())

@@ -206,7 +206,7 @@ impl Reactor {
             Expired::Write => &mut self.stats.write_timeouts,
         };
         *counter += 1;
-        tracing::debug!(reactor = self.index, slot = id.slot, timeout = ?expired, "connection timed out");
+        tracing::debug!(conn = %id, timeout = ?expired, "connection timed out; closing it");
         self.fail_conn(id, CloseReason::TimedOut);
         Ok(())
     }

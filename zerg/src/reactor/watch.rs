@@ -85,7 +85,7 @@ impl Reactor {
                 .unwrap_or(libc::ECONNRESET);
             let reason = CloseReason::from_errno(errno);
             self.stats.paused_closes += 1;
-            tracing::debug!(reactor = self.index, slot = id.slot, %reason, "connection failed while its receive was paused");
+            tracing::debug!(conn = %id, %reason, "connection failed while its receive was paused");
             conn.recv = RecvState::Ended;
             conn.life = Life::Failed;
             conn.shared.end_read(reason);

@@ -37,6 +37,10 @@ pub(crate) use connect_op::ConnectOp;
 pub(crate) use fd::{SockFd, on_fd};
 pub(crate) use send_buf::{SendBuf, SendProgress, zc_copied};
 
+/// The general timeout of a `min_wait` wait with nothing else bounding it: how often an idle
+/// reactor with `min_wait` wakes.
+const MIN_WAIT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// An io_uring plus the memory its operations point to.
 pub(crate) struct Ring {
     uring: IoUring,
@@ -53,6 +57,9 @@ pub(crate) struct Ring {
     installs: Cell<u64>,
     /// Upper bound on every wait (`cq_timeout`), if configured.
     wait_timeout: Option<Duration>,
+    /// `min_wait` of every blocking wait, in microseconds (0: off). A cell: submitting takes
+    /// `&self`, and a kernel that refuses the value turns it off from then on.
+    min_wait_usec: Cell<u32>,
 }
 
 /// The completions of a [`Ring`], in the order the kernel posted them.
@@ -103,7 +110,14 @@ impl Ring {
             stash: RefCell::new(VecDeque::new()),
             installs: Cell::new(0),
             wait_timeout,
+            min_wait_usec: Cell::new(0),
         }
+    }
+
+    /// Batches completions in every blocking wait from now on ([`sys::ring::Wait`]); 0 turns it
+    /// off.
+    pub(crate) fn set_min_wait(&self, usec: u32) {
+        self.min_wait_usec.set(usec);
     }
 
     pub(crate) fn uring(&self) -> &IoUring {
@@ -170,21 +184,46 @@ impl Ring {
         ))
     }
 
-    /// Submits and, with `wait`, blocks until a completion, or for at most `bound` (and the
-    /// configured wait timeout).
+    /// Submits and, with `wait`, blocks until a completion (a batch of them, with a `min_wait`),
+    /// or for at most `bound` (and the configured wait timeout).
     pub(crate) fn submit(&self, wait: bool, bound: Option<Duration>) -> io::Result<()> {
+        if !wait {
+            return sys::ring::submit(&self.uring, None);
+        }
         let bound = match (bound, self.wait_timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let (bound, min_wait_usec) = wait_plan(bound, self.min_wait_usec.get());
         let ts = bound.map(sys::ring::timespec);
-        sys::ring::submit(&self.uring, wait, ts.as_ref())
+        let res = sys::ring::submit(
+            &self.uring,
+            Some(sys::ring::Wait {
+                timeout: ts.as_ref(),
+                min_wait_usec,
+            }),
+        );
+        match res {
+            Err(e) if min_wait_usec > 0 && e.raw_os_error() == Some(libc::EINVAL) => {
+                // The kernel advertised min_wait but refuses it: wait without it from now on.
+                tracing::warn!(error = %e, "min_wait refused by the kernel; waiting for the first completion instead");
+                self.min_wait_usec.set(0);
+                Ok(())
+            }
+            res => res,
+        }
     }
 
     /// Submits and waits at most `timeout` (teardown).
     pub(crate) fn submit_wait_for(&self, timeout: Duration) -> io::Result<()> {
         let ts = sys::ring::timespec(timeout);
-        sys::ring::submit(&self.uring, true, Some(&ts))
+        sys::ring::submit(
+            &self.uring,
+            Some(sys::ring::Wait {
+                timeout: Some(&ts),
+                min_wait_usec: 0,
+            }),
+        )
     }
 
     /// The completions to handle: those taken aside while waiting for an answer first
@@ -383,6 +422,21 @@ fn accept_flags(direct: bool) -> i32 {
     if direct { 0 } else { libc::SOCK_CLOEXEC }
 }
 
+/// The general timeout and the `min_wait` (µs) of a blocking wait bounded by `bound`.
+fn wait_plan(bound: Option<Duration>, min_wait_usec: u32) -> (Option<Duration>, u32) {
+    let min_wait = Duration::from_micros(u64::from(min_wait_usec));
+    match bound {
+        // The kernel arms the general timeout only once `min_wait` ran out: a shorter bound (a
+        // timer due soon) waits without it.
+        Some(b) if b <= min_wait => (Some(b), 0),
+        Some(b) => (Some(b), min_wait_usec),
+        // Without a general timeout the kernel ends the wait after `min_wait` even with no
+        // completion at all; a long one keeps an idle reactor asleep.
+        None if min_wait_usec > 0 => (Some(MIN_WAIT_IDLE_TIMEOUT), min_wait_usec),
+        None => (None, 0),
+    }
+}
+
 /// Byte offset of `optlen` (a union with `file_index`) in the kernel's 64-byte `io_uring_sqe`.
 const SQE_OPTLEN_OFFSET: usize = 44;
 const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
@@ -404,6 +458,21 @@ mod tests {
     fn bytes(e: &squeue::Entry) -> [u8; 64] {
         // SAFETY: as in `set_optlen`: 64 bytes of plain integers.
         unsafe { *std::ptr::from_ref(e).cast::<[u8; 64]>() }
+    }
+
+    #[test]
+    fn min_wait_never_delays_a_timer_nor_wakes_an_idle_reactor() {
+        let ms = Duration::from_millis;
+        // Off: the bound as it is.
+        assert_eq!(wait_plan(None, 0), (None, 0));
+        assert_eq!(wait_plan(Some(ms(5)), 0), (Some(ms(5)), 0));
+        // On, nothing due: a long general timeout, so no completion means no wake-up.
+        assert_eq!(wait_plan(None, 50), (Some(MIN_WAIT_IDLE_TIMEOUT), 50));
+        // On, a timer due later than min_wait: both.
+        assert_eq!(wait_plan(Some(ms(5)), 50), (Some(ms(5)), 50));
+        // A timer due sooner than min_wait would wait for min_wait: no min_wait then.
+        assert_eq!(wait_plan(Some(Duration::from_micros(30)), 50).1, 0);
+        assert_eq!(wait_plan(Some(Duration::ZERO), 50).1, 0);
     }
 
     #[test]

@@ -33,6 +33,14 @@ impl ConnectionId {
     }
 }
 
+/// `slot/generation`, as the `conn` field of the library's log events shows it (unique within a
+/// reactor among live connections; with the reactor index, within the engine).
+impl std::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.slot, self.generation)
+    }
+}
+
 /// Operation kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -196,5 +204,14 @@ mod tests {
         };
         let t = Token::decode(Token::conn(Kind::Recv, id)).unwrap();
         assert_eq!(t.id.generation, ConnectionId::GEN_MASK);
+    }
+
+    #[test]
+    fn displays_as_slot_slash_generation() {
+        let id = ConnectionId {
+            slot: 12,
+            generation: 3,
+        };
+        assert_eq!(id.to_string(), "12/3");
     }
 }

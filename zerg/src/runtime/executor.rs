@@ -253,6 +253,12 @@ impl std::error::Error for JoinError {}
 /// output, [`abort`](Self::abort) it, or drop it to let the task run on, detached.
 ///
 /// Like the task, the handle belongs to its reactor thread (it is not `Send`).
+///
+/// # Cancel safety
+///
+/// Cancel-safe: dropping the handle (or a wait on it, in a `select!`) does not cancel the task,
+/// which runs on, detached; a later poll of the same handle still gets the output. Only
+/// [`abort`](Self::abort) cancels the task.
 pub struct JoinHandle<T> {
     key: usize,
     join: Rc<RefCell<JoinState<T>>>,

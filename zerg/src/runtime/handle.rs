@@ -5,14 +5,17 @@
 //! [`local`](super::local) (no atomics, no syscall); requests from other threads go to the
 //! lock-free `remote` queue and wake the reactor through the [`Notifier`] only when it sleeps.
 
+use std::cell::RefCell;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::time::Duration;
 
 use async_task::Runnable;
 use crossbeam_queue::ArrayQueue;
 
+use super::relay::Relay;
 use super::timers::{Clock, Timers};
 use super::wake::Notifier;
 use super::{executor, local};
@@ -50,8 +53,15 @@ pub(crate) struct ReactorShared {
     pub(crate) timers: Timers,
     /// A read timeout is configured: handles stamp when a read starts waiting.
     pub(crate) stamp_reads: bool,
-    pub(crate) stats: ReactorStatsCell,
+    pub(crate) stats: Arc<ReactorStatsCell>,
+    /// Wake-ups of tasks on other threads, handed over in batches.
+    pub(crate) relay: Relay<Waker>,
     exited: AtomicBool,
+}
+
+thread_local! {
+    /// Scratch space of [`ReactorShared::deliver_wakes`] on this thread.
+    static RELAY_BUF: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
 }
 
 impl ReactorShared {
@@ -80,7 +90,8 @@ impl ReactorShared {
             clock: Clock::new(),
             timers: Timers::default(),
             stamp_reads: config.read_timeout.is_some(),
-            stats: ReactorStatsCell::default(),
+            stats: Arc::default(),
+            relay: Relay::new(),
             exited: AtomicBool::new(false),
         }
     }
@@ -160,6 +171,25 @@ impl ReactorShared {
 
     pub(crate) fn has_exited(&self) -> bool {
         self.exited.load(Ordering::Acquire)
+    }
+
+    /// Wakes the tasks whose wake-ups the reactor handed over in a batch, from the calling thread
+    /// (a handle call: one atomic load when there are none).
+    #[inline]
+    pub(crate) fn deliver_wakes(&self) {
+        if self.relay.is_pending() {
+            self.deliver_wakes_now();
+        }
+    }
+
+    #[inline(never)]
+    fn deliver_wakes_now(&self) {
+        RELAY_BUF.with(|b| {
+            // Taken out, so a wake that ends up here again finds an empty scratch vector.
+            let mut buf = std::mem::take(&mut *b.borrow_mut());
+            self.relay.drain(&mut buf);
+            *b.borrow_mut() = buf;
+        });
     }
 }
 

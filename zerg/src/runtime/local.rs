@@ -5,6 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
+use std::task::Waker;
 
 use super::ReactorShared;
 
@@ -16,6 +17,9 @@ thread_local! {
     static REACTOR: RefCell<Option<Arc<ReactorShared>>> = const { RefCell::new(None) };
     /// Connection tokens with pending requests.
     static TOKENS: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// Wakers of tasks on other threads that the reactor woke during this loop iteration: handed
+    /// to their threads in one batch at its end ([`ReactorShared::relay_wakes`]).
+    static DEFERRED: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
 }
 
 fn id_of(shared: &ReactorShared) -> usize {
@@ -37,6 +41,7 @@ pub(crate) fn enter(shared: &Arc<ReactorShared>) -> EnterGuard {
     CURRENT.with(|c| c.set(id_of(shared)));
     REACTOR.with(|r| *r.borrow_mut() = Some(shared.clone()));
     TOKENS.with(|t| t.borrow_mut().reserve(1024));
+    DEFERRED.with(|d| d.borrow_mut().reserve(1024));
     super::executor::reserve();
     EnterGuard(())
 }
@@ -49,6 +54,10 @@ impl Drop for EnterGuard {
         CURRENT.with(|c| c.set(0));
         REACTOR.with(|r| r.borrow_mut().take());
         TOKENS.with(|t| t.borrow_mut().clear());
+        // Nothing deferred may be lost: whoever waits is told now.
+        for w in DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut())) {
+            w.wake();
+        }
     }
 }
 
@@ -60,6 +69,21 @@ pub(crate) fn push_token(token: u64) {
 /// Moves the queued tokens into `out` (which the caller has emptied).
 pub(crate) fn take_tokens(out: &mut Vec<u64>) {
     TOKENS.with(|t| std::mem::swap(&mut *t.borrow_mut(), out));
+}
+
+/// Wakes `w`, a task on another thread: on a reactor thread, at the end of the loop iteration
+/// together with the others woken meanwhile; elsewhere now.
+pub(crate) fn defer_wake(w: Waker) {
+    if CURRENT.with(Cell::get) == 0 {
+        w.wake();
+        return;
+    }
+    DEFERRED.with(|d| d.borrow_mut().push(w));
+}
+
+/// Moves the wakes deferred on this thread into `out` (which the caller has emptied).
+pub(crate) fn take_deferred(out: &mut Vec<Waker>) {
+    DEFERRED.with(|d| std::mem::swap(&mut *d.borrow_mut(), out));
 }
 
 /// Requests or tasks are waiting on this thread.

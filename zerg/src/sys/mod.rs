@@ -104,6 +104,14 @@ pub(crate) fn peer_addr(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<std::net:
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "peer is not an IP socket"))
 }
 
+/// The local address of a socket.
+pub(crate) fn local_addr(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<std::net::SocketAddr> {
+    socket2::SockRef::from(&fd)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "socket is not an IP socket"))
+}
+
 /// A close-on-exec duplicate of `fd`.
 pub(crate) fn dup(fd: RawFd) -> io::Result<OwnedFd> {
     // fcntl(2) F_DUPFD_CLOEXEC with integer arguments only.

@@ -120,26 +120,65 @@ pub(crate) fn optional(ring: &IoUring) -> Optional {
     }
 }
 
+/// Completions a [`Wait::min_wait_usec`] wait collects before it returns early: enough for a
+/// batch to pay off, few enough that a busy reactor rarely waits out the whole `min_wait`.
+pub(crate) const MIN_WAIT_BATCH: usize = 32;
+
+/// How a blocking enter waits.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Wait<'a> {
+    /// Return after this long at most (ETIME), with or without a completion.
+    pub(crate) timeout: Option<&'a types::Timespec>,
+    /// Wait up to this many microseconds for [`MIN_WAIT_BATCH`] completions before returning
+    /// for fewer (0: return for the first). Linux 6.12 (`IORING_FEAT_MIN_TIMEOUT`).
+    pub(crate) min_wait_usec: u32,
+}
+
+/// The `min_wait` a ring can use: `wanted` in microseconds, or 0 with a log line when the kernel
+/// lacks `IORING_FEAT_MIN_TIMEOUT` (before Linux 6.12).
+pub(crate) fn min_wait_usec(ring: &IoUring, wanted: Option<Duration>, who: &str) -> u32 {
+    let Some(d) = wanted else {
+        return 0;
+    };
+    if !ring.params().is_feature_min_timeout() {
+        tracing::warn!(
+            %who,
+            "min_wait needs Linux 6.12 (IORING_FEAT_MIN_TIMEOUT); waiting for the first completion instead"
+        );
+        return 0;
+    }
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX).max(1)
+}
+
 /// Submits pending entries and, when `wait` is set, blocks until at least one completion (or
-/// `timeout`). Always enters with GETEVENTS so deferred completion work runs.
+/// the wait's timeout; with a `min_wait`, until a batch or the `min_wait` ran out). Always enters
+/// with GETEVENTS so deferred completion work runs.
 ///
 /// Returns `Ok(())` also for the interruptions that are part of normal operation (`EINTR`,
 /// `ETIME` from the timeout, `EBUSY` while the completion queue overflows: the caller reaps and
 /// comes back).
-pub(crate) fn submit(
-    ring: &IoUring,
-    wait: bool,
-    timeout: Option<&types::Timespec>,
-) -> io::Result<()> {
+pub(crate) fn submit(ring: &IoUring, wait: Option<Wait<'_>>) -> io::Result<()> {
     let submitter = ring.submitter();
-    let res = match (wait, timeout) {
+    let res = match wait {
         // With DEFER_TASKRUN the ring has TASKRUN_FLAG, and the crate adds GETEVENTS whenever
         // the kernel flags pending completion work.
-        (false, _) => submitter.submit(),
-        (true, None) => submitter.submit_and_wait(1),
-        (true, Some(ts)) => {
-            let args = types::SubmitArgs::new().timespec(ts);
-            submitter.submit_with_args(1, &args)
+        None => submitter.submit(),
+        Some(Wait {
+            timeout: None,
+            min_wait_usec: 0,
+        }) => submitter.submit_and_wait(1),
+        Some(Wait {
+            timeout,
+            min_wait_usec,
+        }) => {
+            // The kernel returns once `want` completions arrived, or, after `min_wait_usec`, as
+            // soon as there is one (at once if some arrived meanwhile).
+            let want = if min_wait_usec > 0 { MIN_WAIT_BATCH } else { 1 };
+            let args = types::SubmitArgs::new().min_wait_usec(min_wait_usec);
+            match timeout {
+                Some(ts) => submitter.submit_with_args(want, &args.timespec(ts)),
+                None => submitter.submit_with_args(want, &args),
+            }
         }
     };
     match res {

@@ -125,7 +125,7 @@ async fn reader(reader: &mut ConnectionReader, mut release: oneshot::Receiver<()
             Some(None) => {}
         }
         if released {
-            reader.advance_to(view, view);
+            reader.advance(view, view);
             consumed += view;
             view = 0;
         }

@@ -49,13 +49,14 @@ fn canon(a: SocketAddr) -> SocketAddr {
 }
 
 fn local_addr(conn: &Connection) -> SocketAddr {
-    canon(
-        socket2::SockRef::from(conn)
-            .local_addr()
-            .unwrap()
-            .as_socket()
-            .unwrap(),
-    )
+    let addr = canon(conn.local_addr().unwrap());
+    let sock = socket2::SockRef::from(conn).local_addr().unwrap();
+    assert_eq!(
+        canon(sock.as_socket().unwrap()),
+        addr,
+        "local_addr is getsockname"
+    );
+    addr
 }
 
 fn peer_addr(conn: &Connection) -> SocketAddr {
@@ -172,6 +173,11 @@ fn direct_descriptors_install_on_demand_off_the_reactor() {
     assert!(socket2::SockRef::from(conn).tcp_nodelay().unwrap());
     assert_eq!(util::open_fds() - fds0, 33);
     assert_eq!(l.engine.stats().total().fd_installs, 1);
+    // local_addr on another connection installs its descriptor too, and names the listener.
+    let (_, other) = &pairs[6];
+    assert_eq!(local_addr(other), l.engine.local_addr());
+    assert_eq!(util::open_fds() - fds0, 34);
+    assert_eq!(l.engine.stats().total().fd_installs, 2);
 
     // Dropping the connection closes both the slot and the installed descriptor.
     let link = target(fd).unwrap();
@@ -297,4 +303,67 @@ fn direct_descriptors_fall_back_to_plain_ones() {
     let t = server.engine().stats().total();
     assert_eq!((t.connections_total, t.direct_connections), (1, 0), "{t:?}");
     server.stop();
+}
+
+/// At the connection cap with direct descriptors: accepting pauses (clients wait in the
+/// backlog), no hand-off fails for want of a slot, nothing is shed, and the waiting clients are
+/// served once the first ones leave — in both accept modes.
+#[test]
+fn direct_descriptors_at_the_connection_cap() {
+    let _s = serial();
+    for mode in [AcceptMode::PerReactor, AcceptMode::Dedicated] {
+        let mut o = opts(true);
+        o.accept_mode = mode;
+        o.reactor_configs[0].max_connections_per_reactor = 16;
+        let server = TestServer::start(Mode::Reactor, o, echo);
+        // Sixteen clients take every place and keep it.
+        let holders: Vec<_> = (0..16u64)
+            .map(|i| {
+                let mut c = server.connect();
+                let msg = util::tagged(i, 100);
+                assert_eq!(util::roundtrip(&mut c, &msg), msg);
+                c
+            })
+            .collect();
+        let pauses =
+            |s: &zerg_uring::EngineStats| s.total().accept_pauses + s.acceptor.accept_pauses;
+        server.wait_stats(WAIT, "accepting paused at the cap", |s| pauses(s) >= 1);
+        // More clients connect (the kernel completes their handshakes into the listen backlog)
+        // and send a request meanwhile; none is served while the first sixteen stay.
+        let (sent_tx, sent_rx) = mpsc::channel();
+        let waiting: Vec<_> = (0..48u64)
+            .map(|i| {
+                let addr = server.addr;
+                let sent = sent_tx.clone();
+                std::thread::spawn(move || {
+                    let mut c = TcpStream::connect(addr).unwrap();
+                    c.set_read_timeout(Some(WAIT)).unwrap();
+                    let msg = util::tagged(100 + i, 100);
+                    c.write_all(&msg).unwrap();
+                    sent.send(()).unwrap();
+                    let mut got = vec![0u8; msg.len()];
+                    c.read_exact(&mut got).unwrap();
+                    util::assert_same(&got, &msg, "served after waiting at the cap");
+                })
+            })
+            .collect();
+        for _ in 0..waiting.len() {
+            sent_rx
+                .recv_timeout(WAIT)
+                .expect("a waiting client connected and sent");
+        }
+        let t = server.engine().stats().total();
+        assert_eq!(t.connections, 16, "{mode:?}: past the cap: {t:?}");
+        drop(holders);
+        for c in waiting {
+            c.join().unwrap();
+        }
+        server.assert_quiescent();
+        let stats = server.engine().stats();
+        let t = stats.total();
+        assert_eq!(t.direct_connections, 64, "{mode:?}: {t:?}");
+        assert_eq!(t.connections_shed, 0, "{mode:?}");
+        assert_eq!(stats.acceptor.handoff_failures, 0, "{mode:?}");
+        server.stop();
+    }
 }

@@ -50,18 +50,17 @@ pub(super) struct Features {
 impl Features {
     /// Registers the file table and probes zero-copy sends, as `config` asks; falls back (and
     /// says why) where the kernel or the limits do not allow it.
-    pub(super) fn setup(ring: &Ring, config: &ReactorConfig, index: usize) -> Self {
+    pub(super) fn setup(ring: &Ring, config: &ReactorConfig) -> Self {
         let optional = sys::ring::optional(ring.uring());
         let mut features = Features::default();
         if config.direct_descriptors {
-            features.direct = setup_table(ring, config, index, optional);
+            features.direct = setup_table(ring, config, optional);
         }
         if config.send_zerocopy_threshold > 0 {
             if optional.send_zc {
                 features.zc_threshold = config.send_zerocopy_threshold;
             } else {
                 tracing::warn!(
-                    reactor = index,
                     "send_zerocopy_threshold: this kernel lacks IORING_OP_SEND_ZC / SENDMSG_ZC \
                      (Linux 6.0 / 6.1); sending with copies"
                 );
@@ -73,15 +72,9 @@ impl Features {
 
 /// Registers a file table that holds every connection the reactor may have; `false` (logged)
 /// if the kernel lacks what direct descriptors need or refuses the table.
-fn setup_table(
-    ring: &Ring,
-    config: &ReactorConfig,
-    index: usize,
-    optional: sys::ring::Optional,
-) -> bool {
+fn setup_table(ring: &Ring, config: &ReactorConfig, optional: sys::ring::Optional) -> bool {
     if !optional.fixed_fd_install || !optional.shutdown {
         tracing::warn!(
-            reactor = index,
             "direct_descriptors: this kernel lacks IORING_OP_FIXED_FD_INSTALL (Linux 6.8); \
              using plain descriptors"
         );
@@ -94,7 +87,7 @@ fn setup_table(
     for slots in [max.saturating_add(table_headroom(max)), max] {
         match ring.register_file_table(slots) {
             Ok(()) => {
-                tracing::debug!(reactor = index, slots, "direct descriptors: file table");
+                tracing::debug!(slots, "direct descriptors: file table");
                 return true;
             }
             Err(e) => last = Some(e),
@@ -103,13 +96,12 @@ fn setup_table(
     let e = last.expect("tried at least once");
     if e.raw_os_error() == Some(libc::EMFILE) {
         tracing::warn!(
-            reactor = index,
             slots = max,
             "direct_descriptors: the kernel refuses a file table larger than RLIMIT_NOFILE; raise \
              it to at least max_connections_per_reactor or lower that; using plain descriptors"
         );
     } else {
-        tracing::warn!(reactor = index, error = %e, "direct_descriptors: registering the file table failed; using plain descriptors");
+        tracing::warn!(error = %e, "direct_descriptors: registering the file table failed; using plain descriptors");
     }
     false
 }

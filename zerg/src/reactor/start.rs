@@ -214,7 +214,7 @@ impl Reactor {
         } = init;
         let who = format!("reactor {index}");
         let (ring, bufs) = open_rings(&config, index, &who)?;
-        let features = fds::Features::setup(&ring, &config, index);
+        let features = fds::Features::setup(&ring, &config);
         let eventfd = EventFd::new().map_err(|e| Error::io(format!("eventfd for {who}"), e))?;
         let wake_fd = eventfd.raw();
         let max_conns = config.max_connections_per_reactor as usize;

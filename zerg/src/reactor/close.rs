@@ -71,9 +71,10 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if !conn.can_free(stopping) || !self.release_fds(id) {
+        if !conn.can_free(stopping) {
             return;
         }
+        self.release_fds(id);
         let conn = self.conns.get_mut(id).expect("looked up above");
         let mut items = std::mem::take(&mut self.items);
         conn.send.discard();

@@ -81,8 +81,6 @@ pub(super) struct Conn {
     /// The watch saw the peer's FIN while bytes before it still waited in the socket: they are
     /// received (then end of file) once the receive is armed again.
     pub(super) peer_fin: bool,
-    /// The close of the connection's direct descriptor was submitted (`fds.rs`).
-    pub(super) slot_closed: bool,
 }
 
 impl Conn {
@@ -106,7 +104,6 @@ impl Conn {
             admitted: false,
             watch: false,
             peer_fin: false,
-            slot_closed: false,
         }
     }
 

@@ -233,43 +233,34 @@ impl Reactor {
     }
 
     /// Lets go of `id`'s descriptors before its slot is freed (every operation completed).
-    /// Returns `false` while the close of a direct descriptor is in flight: the connection is
-    /// freed when it completed ([`on_close_slot`](Self::on_close_slot)).
-    pub(super) fn release_fds(&mut self, id: ConnectionId) -> bool {
+    /// A direct descriptor's slot is freed with a quiet `IORING_OP_CLOSE` (only a failure
+    /// completes, [`on_close_slot`](Self::on_close_slot)): the close needs no answer, and a
+    /// completion per connection would wake the reactor once more per connection. The table slot
+    /// stays taken until the close ran, so no accept can reuse it before.
+    pub(super) fn release_fds(&mut self, id: ConnectionId) {
         let Some(conn) = self.conns.get_mut(id) else {
-            return true;
+            return;
         };
         match conn.fd {
-            SockFd::Fixed(index) if !conn.slot_closed => {
+            SockFd::Fixed(index) => {
                 if conn.handle_alive {
                     // The handle may ask for the descriptor later: install it while the slot
                     // is still there.
                     self.hand_over(id, true);
                 }
                 let conn = self.conns.get_mut(id).expect("looked up above");
-                conn.slot_closed = true;
-                match self
+                if let Err(e) = self
                     .ring
-                    .close_fixed(index, false, Token::conn(Kind::CloseSlot, id))
+                    .close_fixed(index, true, Token::conn(Kind::CloseSlot, id))
                 {
-                    Ok(()) => {
-                        conn.ops += 1;
-                        false
-                    }
-                    Err(e) => {
-                        // Only a broken ring refuses an entry; the slot dies with the ring.
-                        tracing::error!(error = %e, "close of a direct descriptor");
-                        true
-                    }
+                    // Only a broken ring refuses an entry; the slot dies with the ring.
+                    tracing::error!(error = %e, "close of a direct descriptor");
                 }
-            }
-            SockFd::Fixed(_) => {
                 if !conn.handle_alive
                     && let Some(fd) = conn.shared.fd.release()
                 {
                     sys::close(fd);
                 }
-                true
             }
             SockFd::Raw(_) => {
                 if conn.handle_alive {
@@ -277,22 +268,16 @@ impl Reactor {
                 } else if let Some(fd) = conn.shared.fd.release() {
                     sys::close(fd);
                 }
-                true
             }
         }
     }
 
-    /// The close of `id`'s direct descriptor completed: the connection can be freed.
+    /// The close of a freed connection's direct descriptor failed (a success does not
+    /// complete).
     pub(super) fn on_close_slot(&mut self, id: ConnectionId, res: i32) {
-        let Some(conn) = self.conns.get_mut(id) else {
-            self.stats.stale_completions += 1;
-            return;
-        };
-        conn.ops -= 1;
         if res < 0 {
             tracing::warn!(conn = %id, error = %io::Error::from_raw_os_error(-res), "close of a direct descriptor failed");
         }
-        self.maybe_finish_close(id);
     }
 
     /// The reactor lets go of `id` while its handle may live: shuts the socket down (the peer

@@ -16,9 +16,9 @@
 //! skipped.
 //!
 //! Flags (`--help`): --port, --reactors, --recv-buffer-size, --buffer-ring-entries,
-//! --incremental, --mode runtime|reactor, --accept dedicated|per-reactor, --workers, --sqpoll,
+//! --incremental, --mode reactor|runtime, --accept per-reactor|dedicated, --workers, --sqpoll,
 //! --max-connections, --write-timeout (default 30 s), --header-timeout (60 s, HTTP), --read-timeout
-//! (60 s), --idle-timeout (75 s); 0 turns a timeout off. SIGINT/SIGTERM stop it.
+//! (off), --idle-timeout (75 s); 0 turns a timeout off. SIGINT/SIGTERM stop it.
 
 mod common;
 

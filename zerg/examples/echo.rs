@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example echo                # listens on 0.0.0.0:8080
 //! printf 'hello\n' | socat - TCP:127.0.0.1:8080     # or any TCP client
-//! cargo run --release --example echo -- --mode reactor --reactors 2
+//! cargo run --release --example echo -- --mode runtime --reactors 2
 //! ```
 //!
 //! Memory per connection is bounded by the library: a peer that sends without reading gets no
@@ -12,8 +12,8 @@
 //! on it), and one that stops reading is dropped by the write timeout.
 //!
 //! Flags (`--help`): --port, --reactors, --recv-buffer-size, --buffer-ring-entries,
-//! --incremental, --mode runtime|reactor, --accept dedicated|per-reactor, --workers, --sqpoll,
-//! --max-connections, --write-timeout (default 30 s), --read-timeout (60 s), --idle-timeout
+//! --incremental, --mode reactor|runtime, --accept per-reactor|dedicated, --workers, --sqpoll,
+//! --max-connections, --write-timeout (default 30 s), --read-timeout (off), --idle-timeout
 //! (75 s); 0 turns a timeout off. SIGINT/SIGTERM stop it.
 
 mod common;

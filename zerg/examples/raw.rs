@@ -5,18 +5,24 @@
 //! cargo run --release --example raw                  # listens on 0.0.0.0:8080
 //! curl -i http://127.0.0.1:8080/
 //! wrk -c256 -d10s http://127.0.0.1:8080/
-//! cargo run --release --example raw -- --mode reactor --accept per-reactor --reactors 2
+//! cargo run --release --example raw -- --reactors 2        # two reactors, SO_REUSEPORT accept
+//! cargo run --release --example raw -- --mode runtime --accept dedicated   # handlers on tokio
 //! ```
 //!
-//! Requests are framed by `common::http`: heads found with memchr's memmem and parsed with
-//! httparse in place in the receive buffers (a head split across buffers is copied aside, at
-//! most 8 KiB). Bodies up to 1 MiB (`Content-Length`) are skipped; a request over the limits is
+//! By default the handlers run on the reactor thread that owns the connection (thread-per-core,
+//! `Engine::serve`) and every reactor accepts its own connections (`SO_REUSEPORT`): zerg's fast
+//! path. `--mode runtime` runs them on a tokio runtime instead (`Engine::accept`).
+//!
+//! Requests are framed by `common::http` in place in the receive buffers: a common head (an
+//! upper-case method, visible-ASCII target and fields, HTTP/1.x) is found and validated in one
+//! pass; any other is found with memchr's memmem and parsed with httparse, which decides; a head
+//! split across buffers is copied aside (at most 8 KiB). Bodies up to 1 MiB (`Content-Length`) are skipped; a request over the limits is
 //! answered 431/413, a malformed one 400, a `Transfer-Encoding` 501, and the connection closed.
 //!
 //! Flags (`--help`): --port, --reactors, --recv-buffer-size, --buffer-ring-entries,
-//! --incremental, --mode runtime|reactor, --accept dedicated|per-reactor, --workers, --sqpoll,
+//! --incremental, --mode reactor|runtime, --accept per-reactor|dedicated, --workers, --sqpoll,
 //! --max-connections, and the timeouts: --write-timeout (default 30 s), --header-timeout (60 s),
-//! --read-timeout (60 s), --idle-timeout (75 s); 0 turns one off. SIGINT/SIGTERM stop it.
+//! --read-timeout (off), --idle-timeout (75 s); 0 turns one off. SIGINT/SIGTERM stop it.
 //!
 //! Metrics: `--metrics-port 9090` (built with `--features prometheus`) serves the engine's
 //! counters as Prometheus text at `http://IP:9090/metrics` (IP: `--ip`, default all addresses):

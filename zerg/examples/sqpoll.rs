@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example sqpoll              # listens on 0.0.0.0:8080, SQPOLL on CPU 0
-//! cargo run --release --example sqpoll -- --sq-cpu 1 --mode reactor
+//! cargo run --release --example sqpoll -- --sq-cpu 1 --mode runtime
 //! curl -i http://127.0.0.1:8080/
 //! ```
 //!
@@ -13,8 +13,8 @@
 //!
 //! Flags (`--help`): --sq-cpu N (CPU of the SQPOLL threads, default 0) and the common ones:
 //! --port, --reactors, --recv-buffer-size, --buffer-ring-entries, --incremental,
-//! --mode runtime|reactor, --accept dedicated|per-reactor, --workers, --max-connections,
-//! --write-timeout (default 30 s), --header-timeout (60 s), --read-timeout (60 s),
+//! --mode reactor|runtime, --accept per-reactor|dedicated, --workers, --max-connections,
+//! --write-timeout (default 30 s), --header-timeout (60 s), --read-timeout (off),
 //! --idle-timeout (75 s); 0 turns a timeout off. SIGINT/SIGTERM stop it.
 
 mod common;

@@ -1,11 +1,11 @@
-//! The HTTP/1.1 "200 OK" server on `ConnectionStream` (the seed's `StreamExample`): plain
+//! The HTTP/1.1 "200 OK" server on `ConnectionStream` (the C# zerg's `StreamExample`): plain
 //! `tokio::io::{AsyncReadExt, AsyncWriteExt}` calls, one copy per read into a local buffer.
 //!
 //! ```text
 //! cargo run --release --features tokio --example stream     # listens on 0.0.0.0:8080
 //! curl -i http://127.0.0.1:8080/
 //! wrk -c256 -d10s http://127.0.0.1:8080/
-//! cargo run --release --features tokio --example stream -- --mode reactor
+//! cargo run --release --features tokio --example stream -- --mode runtime
 //! ```
 //!
 //! Requests are framed by `common::http` (httparse; a head split across reads carried aside, at
@@ -14,9 +14,9 @@
 //! skipped.
 //!
 //! Flags (`--help`): --port, --reactors, --recv-buffer-size, --buffer-ring-entries,
-//! --incremental, --mode runtime|reactor, --accept dedicated|per-reactor, --workers, --sqpoll,
+//! --incremental, --mode reactor|runtime, --accept per-reactor|dedicated, --workers, --sqpoll,
 //! --max-connections, --write-timeout (default 30 s), --header-timeout (60 s), --read-timeout
-//! (60 s), --idle-timeout (75 s); 0 turns a timeout off. SIGINT/SIGTERM stop it.
+//! (off), --idle-timeout (75 s); 0 turns a timeout off. SIGINT/SIGTERM stop it.
 
 mod common;
 

@@ -1,7 +1,9 @@
 //! axum on zerg: the `axum` example's Router served by `axum::serve` on
-//! `zerg_uring::axum::Listener` (runtime mode) and by hyper-util on the reactor threads (reactor
-//! mode), against hyper clients over HTTP/1.1 and h2c: the JSON routes, the streamed route, a
-//! 1 MiB upload round trip, and larger uploads refused with 413.
+//! `zerg_uring::axum::Listener`, and as the example serves it — hyper-util over
+//! `ConnectionStream` with the examples' `hyper_rt::serve_connection` — on tokio (runtime mode)
+//! and on the reactor threads with zerg's own executor and timer (reactor mode), against hyper
+//! clients over HTTP/1.1 and h2c: the JSON routes, the streamed route, a 1 MiB upload round trip,
+//! and larger uploads refused with 413.
 
 #[path = "../examples/axum_app/mod.rs"]
 mod axum_app;
@@ -23,29 +25,42 @@ use hyper_util::service::TowerToHyperService;
 use util::{Mode, TestServer, assert_same, options, pattern};
 use zerg_uring::{Connection, ConnectionStream, Engine};
 
-/// The example's Router on a zerg engine, in either mode.
+/// How the Router is served.
+#[derive(Debug, Clone, Copy)]
+enum How {
+    /// `axum::serve` on `zerg_uring::axum::Listener`, on tokio.
+    AxumServe,
+    /// The `axum` example's handler, in this handler mode.
+    Example(Mode),
+}
+
+/// The example's Router on a zerg engine.
 enum Server {
-    /// `axum::serve` on tokio.
-    Runtime {
+    AxumServe {
         rt: tokio::runtime::Runtime,
         engine: Arc<Engine>,
         serve: tokio::task::JoinHandle<std::io::Result<()>>,
     },
-    Reactor(TestServer),
+    Example(TestServer),
 }
 
-/// The `axum` example's reactor-mode handler.
+/// The `axum` example's handler (either mode).
 async fn handle(app: axum::Router, conn: Connection) {
-    let io = TokioIo::new(ConnectionStream::new(conn));
+    let config = hyper_rt::Config {
+        header_timeout: Some(Duration::from_secs(10)),
+        max_head: 8 * 1024,
+        max_headers: 100,
+    };
+    let io = ConnectionStream::new(conn);
     let service = TowerToHyperService::new(app);
-    let _ = hyper_rt::serve_connection(io, service, hyper_rt::Protocols::Auto).await;
+    let _ = hyper_rt::serve_connection(io, service, hyper_rt::Protocols::Auto, &config).await;
 }
 
 impl Server {
-    fn start(mode: Mode) -> Server {
-        let app = axum_app::app();
-        match mode {
-            Mode::Runtime => {
+    fn start(how: How) -> Server {
+        let app = axum_app::app(Some(Duration::from_secs(10)));
+        match how {
+            How::AxumServe => {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
@@ -54,20 +69,19 @@ impl Server {
                 let listener = zerg_uring::axum::Listener::bind(options(1, false)).unwrap();
                 let engine = listener.engine().clone();
                 let serve = rt.spawn(axum::serve(listener, app).into_future());
-                Server::Runtime { rt, engine, serve }
+                Server::AxumServe { rt, engine, serve }
             }
-            Mode::Reactor => {
-                hyper_rt::start_timer_thread().unwrap();
+            How::Example(mode) => {
                 let handler = move |conn| handle(app.clone(), conn);
-                Server::Reactor(TestServer::start(mode, options(1, false), handler))
+                Server::Example(TestServer::start(mode, options(1, false), handler))
             }
         }
     }
 
     fn engine(&self) -> &Engine {
         match self {
-            Server::Runtime { engine, .. } => engine,
-            Server::Reactor(s) => s.engine(),
+            Server::AxumServe { engine, .. } => engine,
+            Server::Example(s) => s.engine(),
         }
     }
 
@@ -78,7 +92,7 @@ impl Server {
     /// Waits until every connection closed and every buffer is back, then stops.
     fn stop(self) {
         match self {
-            Server::Runtime { rt, engine, serve } => {
+            Server::AxumServe { rt, engine, serve } => {
                 assert!(
                     util::wait_until(Duration::from_secs(5), || {
                         let t = engine.stats().total();
@@ -94,7 +108,7 @@ impl Server {
                 let engine = Arc::into_inner(engine).expect("axum dropped the listener");
                 engine.join().unwrap();
             }
-            Server::Reactor(s) => {
+            Server::Example(s) => {
                 s.assert_quiescent();
                 s.stop();
             }
@@ -238,9 +252,13 @@ async fn exercise(addr: SocketAddr, h2: bool, what: &str) {
 }
 
 #[test]
-fn axum_routes_in_both_modes() {
-    for mode in [Mode::Runtime, Mode::Reactor] {
-        let server = Server::start(mode);
+fn axum_routes_served_every_way() {
+    for how in [
+        How::AxumServe,
+        How::Example(Mode::Runtime),
+        How::Example(Mode::Reactor),
+    ] {
+        let server = Server::start(how);
         let addr = server.addr();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -249,7 +267,7 @@ fn axum_routes_in_both_modes() {
             .unwrap();
         rt.block_on(async {
             for h2 in [false, true] {
-                let what = format!("{mode:?} {}", if h2 { "h2c" } else { "HTTP/1.1" });
+                let what = format!("{how:?} {}", if h2 { "h2c" } else { "HTTP/1.1" });
                 tokio::time::timeout(Duration::from_secs(30), exercise(addr, h2, &what))
                     .await
                     .unwrap_or_else(|_| panic!("{what}: every route within 30 s"));

@@ -1,11 +1,10 @@
-//! The proxy example's copy loop (compiled from `examples/proxy.rs`) between real clients, a
-//! zerg engine in either handler mode and plain upstream servers, all on 127.0.0.1: byte-exact
-//! under random segmentation with concurrent clients, half-close in both directions, a refused
-//! upstream, a client reset, and bounded memory when a client does not read.
+//! The proxy example's copy loop (compiled from `examples/proxy_copy/mod.rs`) between real
+//! clients, a zerg engine in either handler mode and plain upstream servers, all on 127.0.0.1:
+//! byte-exact under random segmentation with concurrent clients, half-close in both directions,
+//! a refused upstream, a client reset, and bounded memory when a client does not read.
 
-#[allow(dead_code)]
-#[path = "../examples/proxy.rs"]
-mod proxy_example;
+#[path = "../examples/proxy_copy/mod.rs"]
+mod proxy_copy;
 #[path = "util/upstream.rs"]
 mod upstream;
 mod util;
@@ -15,7 +14,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use proxy_example::{Outcome, proxy};
+use proxy_copy::{Outcome, proxy};
 use upstream::{Echo, Upstream, closed_port};
 use util::{Mode, Rng, assert_same, options, pattern, wait_until};
 use zerg_uring::{CloseReason, Connection, Engine, EngineOptions, Error};

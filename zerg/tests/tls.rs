@@ -6,10 +6,11 @@
 //! - A failed handshake (garbage, a client that does not trust the certificate, a wrong server
 //!   name, a peer that leaves mid-handshake) closes that connection only, while a concurrent good
 //!   client keeps being served.
-//! - The handshake timeout (the examples' `hyper_rt::timeout`, which also works on the reactor
-//!   thread) closes silent and stalled clients.
+//! - The handshake timeout (the examples' `hyper_rt::timeout`: the reactor's timers on a reactor
+//!   thread, tokio's elsewhere) closes silent and stalled clients.
 //! - HTTPS with hyper: HTTP/2 and HTTP/1.1 chosen by ALPN, served with the examples'
-//!   `hyper_rt::serve_connection` (HTTP/2 streams as tasks of the connection in reactor mode).
+//!   `hyper_rt::serve_connection` (in reactor mode on zerg's own executor and timer: HTTP/2
+//!   streams are tasks on the reactor).
 
 #[path = "../examples/hyper_rt/mod.rs"]
 mod hyper_rt;
@@ -149,7 +150,6 @@ fn echo_server(
     server: Arc<ServerConfig>,
     limit: Duration,
 ) -> (TestServer, Arc<Handshakes>) {
-    hyper_rt::start_timer_thread().unwrap();
     let counts = Arc::new(Handshakes::default());
     let acceptor = TlsAcceptor::from(server);
     let c = counts.clone();
@@ -424,8 +424,13 @@ async fn https(tls: tokio_rustls::server::TlsStream<ConnectionStream>) {
         Some(b"h2") => hyper_rt::Protocols::Http2,
         _ => hyper_rt::Protocols::Http1,
     };
+    let config = hyper_rt::Config {
+        header_timeout: Some(Duration::from_secs(10)),
+        max_head: 8 * 1024,
+        max_headers: 100,
+    };
     let svc = hyper::service::service_fn(service);
-    let _ = hyper_rt::serve_connection(TokioIo::new(tls), svc, protocols).await;
+    let _ = hyper_rt::serve_connection(TokioIo::new(tls), svc, protocols, &config).await;
 }
 
 /// A request and the body its response must carry.
@@ -449,7 +454,6 @@ fn https_serves_h2_and_http1_by_alpn() {
     const H2_STREAMS: usize = 64;
     const H1_REQUESTS: usize = 20;
     for mode in MODES {
-        hyper_rt::start_timer_thread().unwrap();
         let (server_config, cert) = pki(&[b"h2", b"http/1.1"]);
         let counts = Arc::new(Handshakes::default());
         let acceptor = TlsAcceptor::from(server_config);

@@ -24,11 +24,24 @@ pub enum Mode {
     Reactor,
 }
 
-/// What an example speaks: HTTP examples also take `--header-timeout`.
+/// What an example speaks: HTTP examples also take `--header-timeout`, RESP ones
+/// `--command-timeout` (both a request timeout: from a request's first byte to its answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Http,
+    Resp,
     Tcp,
+}
+
+impl Kind {
+    /// The flag of the request timeout, if this kind has one.
+    fn request_timeout_flag(self) -> Option<&'static str> {
+        match self {
+            Kind::Http => Some("header-timeout"),
+            Kind::Resp => Some("command-timeout"),
+            Kind::Tcp => None,
+        }
+    }
 }
 
 /// Default write timeout: a peer that takes no bytes for this long is dropped.
@@ -37,8 +50,9 @@ pub const WRITE_TIMEOUT: u64 = 30;
 /// keep-alive connection, which the idle timeout governs; an unfinished request is the header
 /// timeout's (HTTP). Turn it on for protocols where the server waits for the client mid-message.
 pub const READ_TIMEOUT: u64 = 0;
-/// Default header timeout (nginx's `client_header_timeout`).
-pub const HEADER_TIMEOUT: u64 = 60;
+/// Default request timeout: HTTP's header timeout (nginx's `client_header_timeout`), RESP's
+/// command timeout.
+pub const REQUEST_TIMEOUT: u64 = 60;
 /// Default idle timeout between requests (nginx's `keepalive_timeout`).
 pub const IDLE_TIMEOUT: u64 = 75;
 
@@ -65,18 +79,21 @@ pub struct Args {
     pub write_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
-    /// HTTP examples only.
-    pub header_timeout: Option<Duration>,
+    /// HTTP (`--header-timeout`) and RESP (`--command-timeout`) examples only: from the first
+    /// byte of a request to its answer.
+    pub request_timeout: Option<Duration>,
     /// Most live connections in the engine; `None` keeps the library's per-reactor default.
     pub max_connections: Option<u32>,
-    /// The example enforces `header_timeout` itself (so it is not reported as unsupported).
-    pub header_timeout_applied: bool,
+    /// The example enforces `request_timeout` itself (hyper's `header_read_timeout`), so the
+    /// reactor's request timeout stays off.
+    pub request_timeout_applied: bool,
     pub kind: Kind,
     /// `--metrics-port`: serve Prometheus metrics there ([`metrics`]).
     pub metrics_port: Option<u16>,
 }
 
-/// The flags, for `--help` and errors. HTTP examples add `--header-timeout`.
+/// The flags, for `--help` and errors. HTTP examples add `--header-timeout`, RESP ones
+/// `--command-timeout`.
 pub const USAGE: &str = "flags:
   --ip ADDR                 address to listen on (default: all, IPv6 and IPv4)
   --port N                  TCP port (default 8080; 0: any free port, printed at startup)
@@ -84,9 +101,10 @@ pub const USAGE: &str = "flags:
   --recv-buffer-size N      bytes per receive buffer (default 16384)
   --buffer-ring-entries N   receive buffers per reactor, a power of two (default 4096)
   --incremental             incremental buffer consumption (Linux 6.12+)
-  --mode runtime|reactor    handlers on a tokio runtime, or on the reactor thread (default runtime)
-  --accept dedicated|per-reactor
-                            acceptor thread, or SO_REUSEPORT accept in every reactor (default dedicated)
+  --mode reactor|runtime    handlers on the reactor threads (default: thread-per-core, the fast
+                            path), or on a tokio runtime
+  --accept per-reactor|dedicated
+                            SO_REUSEPORT accept in every reactor (default), or an acceptor thread
   --workers N               tokio worker threads in runtime mode (default: number of CPUs)
   --sqpoll                  IORING_SETUP_SQPOLL for the reactors
   --direct-descriptors      connections as direct descriptors in the rings' file tables
@@ -108,6 +126,10 @@ const HTTP_USAGE: &str = "HTTP flags:
                             first byte (default 60; 0: off): slowloris clients
 HTTP limits: request head 8 KiB and 100 fields (431), body 1 MiB (413), no Transfer-Encoding (501),
 malformed requests 400; each is answered, then the connection closes";
+
+const RESP_USAGE: &str = "RESP flags:
+  --command-timeout SECS    close a connection whose command was not answered SECS after its
+                            first byte (default 60; 0: off): slowloris clients";
 
 impl Args {
     /// Installs logging, then parses the process's flags (exits with the usage on a bad one).
@@ -155,17 +177,19 @@ impl Args {
             recv_buffer_size: 16 * 1024,
             buffer_ring_entries: 4096,
             incremental: false,
-            mode: Mode::Runtime,
-            accept: AcceptMode::Dedicated,
+            mode: Mode::Reactor,
+            accept: AcceptMode::PerReactor,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             sqpoll: false,
             direct_descriptors: false,
             write_timeout: secs(WRITE_TIMEOUT),
             read_timeout: secs(READ_TIMEOUT),
             idle_timeout: secs(IDLE_TIMEOUT),
-            header_timeout: (kind == Kind::Http).then(|| Duration::from_secs(HEADER_TIMEOUT)),
+            request_timeout: kind
+                .request_timeout_flag()
+                .map(|_| Duration::from_secs(REQUEST_TIMEOUT)),
             max_connections: None,
-            header_timeout_applied: false,
+            request_timeout_applied: false,
             kind,
             metrics_port: None,
         };
@@ -211,8 +235,8 @@ impl Args {
                 "write-timeout" => a.write_timeout = secs(p.value()?.parse()?),
                 "read-timeout" => a.read_timeout = secs(p.value()?.parse()?),
                 "idle-timeout" => a.idle_timeout = secs(p.value()?.parse()?),
-                "header-timeout" if kind == Kind::Http => {
-                    a.header_timeout = secs(p.value()?.parse()?)
+                flag if kind.request_timeout_flag() == Some(flag) => {
+                    a.request_timeout = secs(p.value()?.parse()?)
                 }
                 "metrics-port" if metrics::AVAILABLE => a.metrics_port = Some(p.value()?.parse()?),
                 "metrics-port" => {
@@ -258,22 +282,25 @@ impl Args {
 }
 
 /// The one place where the timeout flags reach the reactor configuration: write, read and idle
-/// timeouts as given; the header timeout of HTTP examples as the reactor's request timeout (from
-/// the first byte of a request to the flush of its response), unless the example enforces it
-/// itself (hyper's `header_read_timeout`).
+/// timeouts as given; the header timeout of HTTP examples (the command timeout of RESP ones) as
+/// the reactor's request timeout (from the first byte of a request to the flush of its answer),
+/// unless the example enforces it itself (hyper's `header_read_timeout`).
 pub fn apply_timeouts(args: &Args, rc: &mut ReactorConfig) {
     rc.write_timeout = args.write_timeout;
     rc.read_timeout = args.read_timeout;
     rc.idle_timeout = args.idle_timeout;
-    if args.kind == Kind::Http && !args.header_timeout_applied {
-        rc.request_timeout = args.header_timeout;
+    if !args.request_timeout_applied {
+        rc.request_timeout = args.request_timeout;
     }
 }
 
-fn usage(kind: Kind, extra: &str) -> String {
+/// The usage text of an example of `kind` with its own flags `extra`.
+pub fn usage(kind: Kind, extra: &str) -> String {
     let mut u = String::from(USAGE);
-    if kind == Kind::Http {
-        u = format!("{u}\n{HTTP_USAGE}");
+    match kind {
+        Kind::Http => u = format!("{u}\n{HTTP_USAGE}"),
+        Kind::Resp => u = format!("{u}\n{RESP_USAGE}"),
+        Kind::Tcp => {}
     }
     if !extra.is_empty() {
         u = format!("{u}\n{extra}");
@@ -307,57 +334,94 @@ where
     H: Fn(Connection) -> F + Send + Sync + Clone + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    // Bound before the engine starts: a taken port fails before anything runs.
-    let metrics = metrics::Endpoint::bind(args);
     match args.mode {
-        Mode::Runtime => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(args.workers.max(1))
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            rt.block_on(async move {
-                // Listen for signals before the server starts, so none is missed.
-                let mut stop = Stop::new();
-                let engine = start(Engine::listen(options), args);
-                if let Some(m) = metrics {
-                    m.serve(&engine);
-                }
-                loop {
-                    tokio::select! {
-                        conn = engine.accept() => match conn {
-                            Some(conn) => { tokio::spawn(handler(conn)); }
-                            None => break,
-                        },
-                        _ = stop.recv() => break,
-                    }
-                }
-                finish(engine);
-            });
-        }
-        Mode::Reactor => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            let mut stop = {
-                let _in_runtime = rt.enter();
-                Stop::new()
-            };
-            let engine = start(Engine::serve(options, handler), args);
-            if let Some(m) = metrics {
-                // The metrics run on this runtime, driven while it waits for the signal.
-                let _in_runtime = rt.enter();
-                m.serve(&engine);
-            }
-            rt.block_on(stop.recv());
-            finish(engine);
-        }
+        Mode::Runtime => run_runtime(
+            args,
+            || Engine::listen(options),
+            |_, conn| {
+                tokio::spawn(handler(conn));
+            },
+        ),
+        Mode::Reactor => run_reactor(args, || Engine::serve(options, handler)),
     }
 }
 
-fn start(engine: zerg_uring::Result<Engine>, args: &Args) -> Engine {
-    match engine {
+/// Runtime mode: starts the engine with `listen` (`Engine::listen`) on a multi-threaded tokio
+/// runtime of `--workers` threads, hands every accepted connection to `on_accept` (which spawns
+/// its task) until SIGINT or SIGTERM, then stops the engine like [`run`].
+pub fn run_runtime(
+    args: &Args,
+    listen: impl FnOnce() -> zerg_uring::Result<Engine>,
+    mut on_accept: impl FnMut(&Engine, Connection),
+) {
+    // Bound before the engine starts: a taken port fails before anything runs.
+    let metrics = metrics::Endpoint::bind(args);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers.max(1))
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        // Listen for signals before the server starts, so none is missed.
+        let mut stop = Stop::new();
+        let engine = start(args, listen);
+        if let Some(m) = metrics {
+            m.serve(&engine);
+        }
+        loop {
+            tokio::select! {
+                conn = engine.accept() => match conn {
+                    Some(conn) => on_accept(&engine, conn),
+                    None => break,
+                },
+                _ = stop.recv() => break,
+            }
+        }
+        engine.shutdown(GRACE);
+        done(engine.join_async().await);
+    });
+}
+
+/// Reactor mode: starts the engine with `serve` (`Engine::serve` or `Engine::serve_with_state`),
+/// runs until SIGINT or SIGTERM, then stops it like [`run`].
+pub fn run_reactor(args: &Args, serve: impl FnOnce() -> zerg_uring::Result<Engine>) {
+    // Bound before the engine starts: a taken port fails before anything runs.
+    let metrics = metrics::Endpoint::bind(args);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut stop = {
+        let _in_runtime = rt.enter();
+        Stop::new()
+    };
+    let engine = start(args, serve);
+    if let Some(m) = metrics {
+        // The metrics run on this runtime, driven while it waits for the signal.
+        let _in_runtime = rt.enter();
+        m.serve(&engine);
+    }
+    rt.block_on(stop.recv());
+    // Off the runtime: a blocking join is fine on this thread.
+    engine.shutdown(GRACE);
+    done(engine.join());
+}
+
+/// Starts the engine with `listen` and prints where it listens; exits with the error if it
+/// cannot start.
+///
+/// With per-reactor accept the listeners set `SO_REUSEPORT`, which would let a second server
+/// on the same port start and silently take half the connections: a fixed port is first
+/// checked to be free with a plain bind, which fails when anyone listens there.
+pub fn start(args: &Args, listen: impl FnOnce() -> zerg_uring::Result<Engine>) -> Engine {
+    if args.accept == AcceptMode::PerReactor
+        && args.port != 0
+        && let Err(e) = port_is_free(args)
+    {
+        eprintln!("error: port {} is taken: {e}", args.port);
+        std::process::exit(1);
+    }
+    match listen() {
         Ok(e) => {
             println!(
                 "listening on {} ({} reactor(s), handlers on {}, {:?} accept{})",
@@ -383,9 +447,28 @@ fn start(engine: zerg_uring::Result<Engine>, args: &Args) -> Engine {
     }
 }
 
-fn finish(engine: Engine) {
-    engine.shutdown(Duration::from_millis(500));
-    match engine.join() {
+/// Binds and releases the address the engine will listen on, with `SO_REUSEADDR` (connections
+/// of an earlier server in `TIME_WAIT` do not count) but not `SO_REUSEPORT` (a listener does).
+fn port_is_free(args: &Args) -> std::io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let ip = args
+        .ip
+        .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+    let addr = std::net::SocketAddr::new(ip, args.port);
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())
+}
+
+/// How long connections get to finish once a signal came.
+pub const GRACE: Duration = Duration::from_millis(500);
+
+/// Reports how the engine ended; exits 1 if a thread of it failed.
+fn done(joined: zerg_uring::Result<()>) {
+    match joined {
         Ok(()) => println!("stopped"),
         Err(e) => {
             eprintln!("error: {e}");

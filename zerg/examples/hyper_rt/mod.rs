@@ -1,34 +1,29 @@
-//! hyper's runtime hooks (an executor and a timer) that work in both handler modes, and one
-//! function serving a connection with them. Shared by the `tls` and `axum` examples.
+//! hyper in both handler modes: one function serving a connection with hyper-util's `auto`
+//! builder (HTTP/1.1 with keep-alive, or HTTP/2 when the client opens with its preface), with
+//! the runtime hooks of the thread it runs on. Shared by the `hyper`, `axum` and `tls` examples.
 //!
-//! - Runtime mode (handlers on tokio): [`Exec`] spawns on tokio, [`Timer`] is tokio's timer.
 //! - Reactor mode (`Engine::serve`, handlers on the reactor thread, no tokio runtime there):
-//!   [`Exec`] runs the tasks hyper spawns (one per HTTP/2 stream) inside the connection's own
-//!   handler future, on the reactor thread; [`Timer`] registers its sleeps with a timer-only
-//!   tokio runtime on another thread ([`start_timer_thread`]), whose wake-ups reach the reactor
-//!   through its eventfd like any other cross-thread wake.
+//!   zerg's own `zerg_uring::hyper::Executor` (hyper's HTTP/2 stream tasks are spawned on the
+//!   connection's reactor) and `zerg_uring::hyper::Timer` (the reactor's timers).
+//! - Runtime mode (handlers on tokio): tokio's executor and timer.
+//!
+//! [`timeout`] picks the same way, for what hyper does not time itself (a TLS handshake).
 #![allow(dead_code, unreachable_pub)]
 
 use std::error::Error as StdError;
-use std::fmt;
-use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::runtime::Handle;
 
-/// How long a client may take to send a request's headers (HTTP/1) before the connection is
-/// closed.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 pings: sent after this much silence; the connection is closed when one is not
 /// answered within the same time.
 pub const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
@@ -46,115 +41,41 @@ pub enum Protocols {
     Http2,
 }
 
-static TIMER_RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-
-/// Starts the timer thread used by handlers that run outside tokio (reactor mode). Call it once
-/// at start-up, before the engine, so a failure is reported there.
-pub fn start_timer_thread() -> std::io::Result<()> {
-    if TIMER_RUNTIME.get().is_none() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("timer")
-            .enable_time()
-            .build()?;
-        let _ = TIMER_RUNTIME.set(rt);
-    }
-    Ok(())
+/// How connections are served: the limits and the header timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// HTTP/1: a connection must send a request's head within this time of hyper starting to
+    /// wait for it (the wait for the next request on a keep-alive connection included); every
+    /// connection must send its first request (HTTP/1 or HTTP/2) within it. `None`: no limit.
+    pub header_timeout: Option<Duration>,
+    /// Largest request head: hyper's HTTP/1 read buffer (a longer head is answered 431), and the
+    /// HTTP/2 header list size.
+    pub max_head: usize,
+    /// Most header fields in an HTTP/1 request (more: 431).
+    pub max_headers: usize,
 }
 
-/// The tokio runtime whose timer serves this thread: the current one in runtime mode, the timer
-/// thread's otherwise.
-///
-/// # Panics
-///
-/// Outside a tokio runtime when [`start_timer_thread`] was not called.
-pub fn timer_handle() -> Handle {
-    Handle::try_current().unwrap_or_else(|_| {
-        TIMER_RUNTIME
-            .get()
-            .expect("start_timer_thread() is called at start-up in reactor mode")
-            .handle()
-            .clone()
-    })
+/// Whether the calling thread is a zerg reactor thread (reactor mode).
+pub fn on_reactor() -> bool {
+    zerg_uring::task::current_reactor().is_some()
 }
 
-/// `tokio::time::timeout` from any thread: the timer is registered with [`timer_handle`]'s
-/// runtime (polling it needs no runtime).
-pub fn timeout<F: Future>(limit: Duration, future: F) -> tokio::time::Timeout<F> {
-    let _in = timer_handle().enter();
-    tokio::time::timeout(limit, future)
-}
-
-/// hyper's timer (header-read timeout, HTTP/2 keep-alive) on [`timer_handle`]'s runtime.
-#[derive(Clone)]
-pub struct Timer(Handle);
-
-impl Timer {
-    pub fn new() -> Timer {
-        Timer(timer_handle())
-    }
-}
-
-impl fmt::Debug for Timer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Timer")
-    }
-}
-
-impl hyper::rt::Timer for Timer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        let _in = self.0.enter();
-        TokioTimer::new().sleep(duration)
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        let _in = self.0.enter();
-        TokioTimer::new().sleep_until(deadline)
-    }
-
-    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
-        let _in = self.0.enter();
-        TokioTimer::new().reset(sleep, new_deadline)
-    }
-}
-
-type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// hyper's executor: tokio's in runtime mode; in reactor mode, the connection's own task set.
-#[derive(Clone)]
+/// hyper's executor for the calling thread: zerg's on a reactor thread, tokio's otherwise.
+#[derive(Debug, Clone)]
 pub enum Exec {
+    /// `zerg_uring::spawn_local` on the reactor.
+    Reactor(zerg_uring::hyper::Executor),
     /// `tokio::spawn`.
     Tokio(TokioExecutor),
-    /// Tasks queued here run inside [`Exec::run`], in the connection's handler future.
-    Local(LocalTasks),
 }
 
 impl Exec {
-    /// Tokio's executor inside a tokio runtime, a per-connection task set elsewhere.
-    pub fn for_this_thread() -> Exec {
-        if Handle::try_current().is_ok() {
-            Exec::Tokio(TokioExecutor::new())
+    pub fn current() -> Exec {
+        if on_reactor() {
+            Exec::Reactor(zerg_uring::hyper::Executor)
         } else {
-            Exec::Local(LocalTasks::default())
+            Exec::Tokio(TokioExecutor::new())
         }
-    }
-
-    /// Runs `future` (the connection) together with the tasks spawned on this executor; returns
-    /// when `future` does. Tasks still running then are dropped: they belong to the connection.
-    pub async fn run<F: Future>(&self, future: F) -> F::Output {
-        match self {
-            Exec::Tokio(_) => future.await,
-            Exec::Local(tasks) => tasks.run(future).await,
-        }
-    }
-}
-
-impl fmt::Debug for Exec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Exec::Tokio(_) => "Exec::Tokio",
-            Exec::Local(_) => "Exec::Local",
-        })
     }
 }
 
@@ -164,79 +85,38 @@ where
 {
     fn execute(&self, future: F) {
         match self {
+            Exec::Reactor(zerg) => zerg.execute(future),
             Exec::Tokio(tokio) => tokio.execute(future),
-            Exec::Local(tasks) => tasks.push(Box::pin(future)),
         }
     }
 }
 
-/// Tasks of one connection, run by [`LocalTasks::run`] on whatever thread polls it.
-#[derive(Clone, Default)]
-pub struct LocalTasks(Arc<Mutex<Queue>>);
+/// The time limit of a [`timeout`] passed.
+#[derive(Debug)]
+pub struct Elapsed;
 
-#[derive(Default)]
-struct Queue {
-    /// Spawned, not yet picked up by `run`.
-    new: Vec<Task>,
-    /// `run`'s waker, woken when a task is spawned.
-    waker: Option<Waker>,
-    /// `run` returned: tasks spawned from now on are dropped.
-    done: bool,
-}
-
-impl LocalTasks {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn push(&self, task: Task) {
-        let mut q = self.lock();
-        if q.done {
-            return;
-        }
-        q.new.push(task);
-        if let Some(w) = q.waker.take() {
-            w.wake();
-        }
-    }
-
-    async fn run<F: Future>(&self, future: F) -> F::Output {
-        let mut future = pin!(future);
-        let mut running = FuturesUnordered::<Task>::new();
-        let out = poll_fn(|cx| {
-            if let Poll::Ready(out) = future.as_mut().poll(cx) {
-                return Poll::Ready(out);
-            }
-            loop {
-                {
-                    let mut q = self.lock();
-                    running.extend(q.new.drain(..));
-                    q.waker = Some(cx.waker().clone());
-                }
-                // Until every task is waiting (or done); a task that makes the connection
-                // ready wakes this same future.
-                while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
-                if self.lock().new.is_empty() {
-                    return Poll::Pending;
-                }
-            }
-        })
-        .await;
-        let mut q = self.lock();
-        q.done = true;
-        q.new.clear();
-        q.waker = None;
-        out
+/// Runs `future` with a time limit, on the reactor's timers on a reactor thread and on tokio's
+/// otherwise.
+pub async fn timeout<F: Future>(limit: Duration, future: F) -> Result<F::Output, Elapsed> {
+    if on_reactor() {
+        zerg_uring::time::timeout(limit, future)
+            .await
+            .map_err(|_| Elapsed)
+    } else {
+        tokio::time::timeout(limit, future)
+            .await
+            .map_err(|_| Elapsed)
     }
 }
 
-/// Serves one connection with hyper: HTTP/1.1 with keep-alive and a header-read timeout,
-/// HTTP/2 with keep-alive pings and a stream limit, per `protocols`. Runs in either handler
-/// mode (see the module docs).
+/// Serves one connection with hyper: HTTP/1.1 with keep-alive, the head limits and the header
+/// timeout of `config`; HTTP/2 with keep-alive pings, a stream limit and the header list limit;
+/// per `protocols`. Runs in either handler mode (see the module docs).
 pub async fn serve_connection<I, S, B>(
     io: I,
     service: S,
     protocols: Protocols,
+    config: &Config,
 ) -> Result<(), Box<dyn StdError + Send + Sync>>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -247,24 +127,100 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let exec = Exec::for_this_thread();
-    let timer = Timer::new();
-    let mut builder = auto::Builder::new(exec.clone());
+    let exec = Exec::current();
+    let reactor = matches!(exec, Exec::Reactor(_));
+    let mut builder = auto::Builder::new(exec);
     builder
         .http1()
-        .timer(timer.clone())
         .keep_alive(true)
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .max_buf_size(config.max_head)
+        .max_headers(config.max_headers)
+        .header_read_timeout(config.header_timeout);
     builder
         .http2()
-        .timer(timer)
         .keep_alive_interval(H2_KEEP_ALIVE)
         .keep_alive_timeout(H2_KEEP_ALIVE)
-        .max_concurrent_streams(H2_MAX_STREAMS);
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(u32::try_from(config.max_head).unwrap_or(u32::MAX));
+    if reactor {
+        builder.http1().timer(zerg_uring::hyper::Timer);
+        builder.http2().timer(zerg_uring::hyper::Timer);
+    } else {
+        builder.http1().timer(TokioTimer::new());
+        builder.http2().timer(TokioTimer::new());
+    }
     let builder = match protocols {
         Protocols::Auto => builder,
         Protocols::Http1 => builder.http1_only(),
         Protocols::Http2 => builder.http2_only(),
     };
-    exec.run(builder.serve_connection(io, service)).await
+    let Some(limit) = config.header_timeout else {
+        return builder.serve_connection(io, service).await;
+    };
+    // hyper times HTTP/1 heads itself, but not the wait for the first bytes that tell HTTP/1
+    // from HTTP/2, nor an HTTP/2 connection that never asks anything: the first request must
+    // come within the header timeout.
+    let asked = Arc::new(AtomicBool::new(false));
+    let service = FirstRequest {
+        inner: service,
+        asked: asked.clone(),
+    };
+    let serving = builder.serve_connection(io, service);
+    let mut serving = std::pin::pin!(serving);
+    match timeout(
+        limit,
+        FirstRequestDone {
+            serving: serving.as_mut(),
+            asked: &asked,
+        },
+    )
+    .await
+    {
+        Ok(Some(result)) => result,
+        // The first request came in time: serve the connection to its end.
+        Ok(None) => serving.await,
+        Err(Elapsed) => Err("no request within the header timeout".into()),
+    }
+}
+
+/// A service that notes that a request arrived.
+#[derive(Clone)]
+struct FirstRequest<S> {
+    inner: S,
+    asked: Arc<AtomicBool>,
+}
+
+impl<S, R> Service<R> for FirstRequest<S>
+where
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: R) -> Self::Future {
+        self.asked.store(true, Ordering::Relaxed);
+        self.inner.call(req)
+    }
+}
+
+/// Polls a connection until it ends (`Some`) or its first request arrived (`None`).
+struct FirstRequestDone<'a, F> {
+    serving: Pin<&'a mut F>,
+    asked: &'a AtomicBool,
+}
+
+impl<F: Future> Future for FirstRequestDone<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(out) = self.serving.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if self.asked.load(Ordering::Relaxed) {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
 }

@@ -115,6 +115,13 @@ pub(crate) fn raise_nofile_limit() {
     }
 }
 
+/// The soft `RLIMIT_NOFILE` (after [`raise_nofile_limit`], the hard one).
+pub(crate) fn nofile_limit() -> u64 {
+    rlimit::Resource::NOFILE
+        .get()
+        .map_or(1024, |(soft, _)| soft)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

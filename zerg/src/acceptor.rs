@@ -1,6 +1,11 @@
 //! The acceptor thread ([`AcceptMode::Dedicated`](crate::AcceptMode::Dedicated)): a multishot
-//! accept per listener in its own ring, and a round-robin hand-off of every connection straight into a
-//! reactor's completion queue with `IORING_OP_MSG_RING` (no queue, no eventfd write).
+//! accept per listener in its own ring, and a round-robin hand-off of every connection straight
+//! into a reactor's completion queue with `IORING_OP_MSG_RING` (no queue, no eventfd write).
+//!
+//! When every reactor uses direct descriptors, so does the acceptor: it accepts into its own
+//! ring's file table and passes each connection into the reactor ring's table
+//! (`IORING_MSG_SEND_FD`), freeing its own slot in the same submission; the process's
+//! descriptor table never sees the connection.
 //!
 //! At the connection caps (the engine's, or every reactor's) the accept is cancelled: new
 //! clients wait in the listen backlog. A reactor that frees a place wakes the acceptor once the
@@ -18,8 +23,8 @@ use crate::config::AcceptorConfig;
 use crate::error::{Error, Result};
 use crate::lifecycle::{AcceptorShared, Lifecycle, ThreadGuard};
 use crate::log_throttle::{Throttles, log_accept_error, warn_throttled};
-use crate::ring::Ring;
 use crate::ring::token::{ConnectionId, Kind, Token};
+use crate::ring::{Ring, SockFd};
 use crate::runtime::ReactorShared;
 use crate::stats::AcceptorStats;
 use crate::sys::{self, EventFd};
@@ -51,8 +56,15 @@ struct Acceptor {
     /// The accept against the connection caps.
     gate: AcceptGate,
     /// Connections accepted in the batch that reached the cap, waiting for a place.
-    deferred: VecDeque<RawFd>,
+    deferred: VecDeque<SockFd>,
+    /// Accepting into the ring's file table and handing direct descriptors over.
+    direct: bool,
 }
+
+/// Slots of the acceptor's file table (direct descriptors): connections between their accept
+/// and their hand-off, and those waiting at the caps. A full table ends the accept with
+/// `ENFILE`, retried after the back-off like `EMFILE`.
+const ACCEPTOR_SLOTS: u32 = 4096;
 
 /// Starts the acceptor thread; returns once its ring is set up and the accepts are armed.
 pub(crate) fn spawn(
@@ -147,6 +159,7 @@ impl Acceptor {
                 .map_err(|e| Error::io(format!("dup ring of reactor {}", r.index), e))?;
             targets.push(Target { shared: r, ring });
         }
+        let direct = targets.iter().all(|t| t.shared.direct) && setup_table(&ring);
         let wake = EventFd::new().map_err(|e| Error::io("eventfd for the acceptor", e))?;
         let mut a = Self {
             shared: Arc::new(AcceptorShared::new(wake)),
@@ -164,6 +177,7 @@ impl Acceptor {
             admission,
             gate: AcceptGate::default(),
             deferred: VecDeque::new(),
+            direct,
         };
         a.arm_wake()?;
         a.arm_accepts()?;
@@ -187,9 +201,10 @@ impl Acceptor {
     fn arm_accept(&mut self, i: usize) -> Result<()> {
         let token = accept_token(i);
         if self.gate.arming(self.room()) {
-            self.ring.accept_multi(self.listeners[i], token)
+            self.ring
+                .accept_multi(self.listeners[i], self.direct, token)
         } else {
-            self.ring.accept_one(self.listeners[i], token)
+            self.ring.accept_one(self.listeners[i], self.direct, token)
         }
         .map_err(push_error)?;
         self.armed[i] = true;
@@ -258,7 +273,12 @@ impl Acceptor {
                 // Stopping: the listener was shut down, which ends the accept with an error.
                 let stopping = self.stopping || self.shared.stop_requested();
                 if res >= 0 {
-                    self.accepted(res)?;
+                    let fd = if self.direct {
+                        SockFd::Fixed(res as u32)
+                    } else {
+                        SockFd::Raw(res)
+                    };
+                    self.accepted(fd)?;
                 } else if res != -libc::ECANCELED && !stopping {
                     self.stats.accept_errors += 1;
                     log_accept_error(&mut self.logs.accept_errors, -res);
@@ -292,11 +312,20 @@ impl Acceptor {
             }
             Kind::HandOff => {
                 // Only failures complete here (success skips the completion).
-                let fd = token.id.slot as RawFd;
                 self.stats.handoff_failures += 1;
                 self.admission.release(token.id.generation as usize);
-                tracing::warn!(fd, error = %std::io::Error::from_raw_os_error(-res), "hand-off to a reactor failed; closing the connection");
-                sys::close(fd);
+                let error = std::io::Error::from_raw_os_error(-res);
+                if self.direct {
+                    // The linked close frees the slot whatever the outcome.
+                    tracing::warn!(%error, "hand-off of a direct descriptor to a reactor failed; closing the connection");
+                } else {
+                    let fd = token.id.slot as RawFd;
+                    tracing::warn!(fd, %error, "hand-off to a reactor failed; closing the connection");
+                    sys::close(fd);
+                }
+            }
+            Kind::HandOffClose | Kind::QuietClose => {
+                tracing::warn!(error = %std::io::Error::from_raw_os_error(-res), "close of a direct descriptor in the acceptor failed");
             }
             Kind::Wake => {
                 self.inflight -= 1;
@@ -312,13 +341,13 @@ impl Acceptor {
 
     /// A new connection: handed to the next reactor with a place (round-robin over reactors
     /// that still run), or kept until one frees up. Accepting pauses when no place is left.
-    fn accepted(&mut self, fd: RawFd) -> Result<()> {
+    fn accepted(&mut self, fd: SockFd) -> Result<()> {
         if self.targets.iter().all(|t| t.shared.has_exited()) {
-            sys::close(fd);
+            self.discard(fd);
             return Ok(());
         }
         if !self.deferred.is_empty() || !self.try_hand_off(fd, false)? {
-            tracing::debug!(fd, "accepted past the connection cap; waiting for a place");
+            tracing::debug!(?fd, "accepted past the connection cap; waiting for a place");
             self.deferred.push_back(fd);
         }
         let cancel = match self.gate.placed(self.any_armed(), self.room()) {
@@ -355,7 +384,7 @@ impl Acceptor {
 
     /// Hands `fd` to the next reactor with a place; `false` if none has one (then, with `park`,
     /// the next release that makes room wakes the acceptor).
-    fn try_hand_off(&mut self, fd: RawFd, park: bool) -> Result<bool> {
+    fn try_hand_off(&mut self, fd: SockFd, park: bool) -> Result<bool> {
         let targets = &self.targets;
         let Some(i) = self
             .admission
@@ -366,16 +395,29 @@ impl Acceptor {
         self.next = i + 1;
         let ring = self.targets[i].ring.as_raw_fd();
         // A failure names the fd (to close it) and the reactor (to give its place back).
-        let failure = Token::conn(
-            Kind::HandOff,
-            ConnectionId {
-                slot: fd as u32,
-                generation: i as u32,
-            },
-        );
-        self.ring
-            .msg_ring(ring, fd, Token::engine(Kind::NewConn), failure)
-            .map_err(push_error)?;
+        let failure = |slot: u32| {
+            Token::conn(
+                Kind::HandOff,
+                ConnectionId {
+                    slot,
+                    generation: i as u32,
+                },
+            )
+        };
+        match fd {
+            SockFd::Raw(fd) => {
+                self.ring
+                    .msg_ring(ring, fd, Token::engine(Kind::NewConn), failure(fd as u32))
+            }
+            SockFd::Fixed(slot) => self.ring.msg_ring_fd(
+                ring,
+                slot,
+                Token::engine(Kind::NewDirect),
+                failure(slot),
+                Token::engine(Kind::HandOffClose),
+            ),
+        }
+        .map_err(push_error)?;
         self.stats.accepted += 1;
         Ok(true)
     }
@@ -411,6 +453,19 @@ impl Acceptor {
         self.arm_accepts()
     }
 
+    /// Closes a connection nobody will serve (the engine stops).
+    fn discard(&self, fd: SockFd) {
+        match fd {
+            SockFd::Raw(fd) => sys::close(fd),
+            SockFd::Fixed(slot) => {
+                // The ring's file table goes with the ring anyway.
+                let _ = self
+                    .ring
+                    .close_fixed(slot, true, Token::engine(Kind::QuietClose));
+            }
+        }
+    }
+
     /// Drains the ring, then tells the reactors no more hand-offs will come.
     fn finish(&mut self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
@@ -436,10 +491,27 @@ impl Acceptor {
             );
             self.ring.leak_buffers();
         }
-        for fd in self.deferred.drain(..) {
-            sys::close(fd);
+        while let Some(fd) = self.deferred.pop_front() {
+            self.discard(fd);
         }
+        let _ = self.ring.submit(false, None);
         self.shared.stats.publish(&self.stats);
         self.engine.acceptor_done();
     }
+}
+
+/// Registers the acceptor's file table for direct descriptors; `false` (logged) if the kernel
+/// refuses it: the acceptor then accepts plain descriptors, which the reactors take as well.
+fn setup_table(ring: &Ring) -> bool {
+    let mut last = None;
+    for slots in [ACCEPTOR_SLOTS, 256] {
+        match ring.register_file_table(slots) {
+            Ok(()) => return true,
+            Err(e) => last = Some(e),
+        }
+    }
+    if let Some(e) = last {
+        tracing::warn!(error = %e, "direct descriptors: registering the acceptor's file table failed; the acceptor hands over plain descriptors");
+    }
+    false
 }

@@ -175,6 +175,10 @@ const REACTOR: &[Series] = &[
     timeout("request_timeouts", "request"),
     timeout("write_timeouts", "write"),
     counter("timers_fired", "timers_fired"),
+    counter("direct_connections", "direct_connections"),
+    counter("fd_installs", "fd_installs"),
+    counter("zc_sends", "zc_sends"),
+    counter("zc_copied", "zc_copied"),
 ];
 
 impl Collector for EngineCollector {

@@ -133,6 +133,18 @@ stats_struct! {
         write_timeouts,
         /// Application timers ([`crate::time`]) that fired.
         timers_fired,
+        /// Connections on direct descriptors (a slot in the ring's file table) since start
+        /// ([`ReactorConfig::direct_descriptors`](crate::ReactorConfig::direct_descriptors)).
+        direct_connections,
+        /// Descriptors installed in the process's table for connections on direct descriptors
+        /// (asked for by `AsFd`, `peer_addr`, a close noticed while paused, the engine's stop).
+        fd_installs,
+        /// Sends submitted zero-copy
+        /// ([`ReactorConfig::send_zerocopy_threshold`](crate::ReactorConfig::send_zerocopy_threshold)).
+        zc_sends,
+        /// Zero-copy sends whose notification said the kernel copied the bytes after all (every
+        /// one over loopback).
+        zc_copied,
     }
 }
 

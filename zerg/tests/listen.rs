@@ -13,6 +13,8 @@ use socket2::{Domain, SockRef, Socket, Type};
 use util::{Mode, TestServer, echo, options, roundtrip};
 use zerg_uring::{AcceptMode, Connection, Engine, EngineOptions, Error};
 
+const WAIT: Duration = Duration::from_secs(10);
+
 fn loopback_listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").expect("bind a loopback listener")
 }
@@ -148,24 +150,33 @@ fn an_owned_fd_is_taken_as_a_listener() {
     server.stop();
 }
 
+/// With plain descriptors and with direct ones (each listener's accept into the acceptor's file
+/// table, handed ring to ring).
 #[test]
 fn the_acceptor_accepts_on_several_listeners() {
-    let listeners: Vec<TcpListener> = (0..3).map(|_| loopback_listener()).collect();
-    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let mut opts = EngineOptions::listeners(listeners);
-    opts.reactor_count = 2;
-    opts.reactor_configs = options(1, false).reactor_configs;
-    let server = TestServer::start(Mode::Runtime, opts, echo);
-    assert_eq!(server.engine().local_addrs(), addrs.as_slice());
-    for round in 0..3 {
-        for (i, &addr) in addrs.iter().enumerate() {
-            let mut s = client(addr);
-            let msg = format!("listener {i} round {round}");
-            assert_eq!(roundtrip(&mut s, msg.as_bytes()), msg.as_bytes());
+    for direct in [false, true] {
+        let listeners: Vec<TcpListener> = (0..3).map(|_| loopback_listener()).collect();
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let mut opts = EngineOptions::listeners(listeners);
+        opts.reactor_count = 2;
+        opts.reactor_configs = options(1, false).reactor_configs;
+        opts.reactor_configs[0].direct_descriptors = direct;
+        let server = TestServer::start(Mode::Runtime, opts, echo);
+        assert_eq!(server.engine().local_addrs(), addrs.as_slice());
+        for round in 0..3 {
+            for (i, &addr) in addrs.iter().enumerate() {
+                let mut s = client(addr);
+                let msg = format!("listener {i} round {round}");
+                assert_eq!(roundtrip(&mut s, msg.as_bytes()), msg.as_bytes());
+            }
         }
+        server.wait_stats(WAIT, "the nine connections counted", |s| {
+            s.acceptor.accepted == 9 && s.total().connections_total == 9
+        });
+        let want = if direct { 9 } else { 0 };
+        assert_eq!(server.engine().stats().total().direct_connections, want);
+        server.stop();
     }
-    assert_eq!(server.engine().stats().acceptor.accepted, 9);
-    server.stop();
 }
 
 /// Answers every read with the port the connection was accepted on (its local address).
@@ -183,19 +194,30 @@ async fn local_port(mut conn: Connection) {
     }
 }
 
+/// Also on direct descriptors, where `local_addr` installs a descriptor first.
 #[test]
 fn connections_know_the_listener_they_came_in_on() {
     let listeners: Vec<TcpListener> = (0..2).map(|_| loopback_listener()).collect();
     let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     let mut opts = EngineOptions::listeners(listeners);
     opts.reactor_configs = options(1, false).reactor_configs;
-    for mode in [Mode::Runtime, Mode::Reactor] {
-        let server = TestServer::start(mode, opts.clone(), local_port);
-        for &addr in addrs.iter().chain(addrs.iter().rev()) {
-            let mut s = client(addr);
-            assert_eq!(roundtrip(&mut s, b"?!"), addr.port().to_le_bytes());
+    for direct in [false, true] {
+        opts.reactor_configs[0].direct_descriptors = direct;
+        for mode in [Mode::Runtime, Mode::Reactor] {
+            let server = TestServer::start(mode, opts.clone(), local_port);
+            for &addr in addrs.iter().chain(addrs.iter().rev()) {
+                let mut s = client(addr);
+                assert_eq!(roundtrip(&mut s, b"?!"), addr.port().to_le_bytes());
+            }
+            // The counters are published once per loop iteration: wait for this one's.
+            let want = if direct { 4 } else { 0 };
+            server.wait_stats(WAIT, "the four connections counted", |s| {
+                let t = s.total();
+                t.connections_total == 4 && t.fd_installs == want
+            });
+            assert_eq!(server.engine().stats().total().direct_connections, want);
+            server.stop();
         }
-        server.stop();
     }
 }
 

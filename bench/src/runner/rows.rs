@@ -205,6 +205,29 @@ pub(crate) fn server_kinds(p: &Paths) -> Vec<ServerKind> {
                 MIN_WAIT_USEC,
             ],
         ),
+        // The kernel-feature switches, each on top of the `zerg` row: direct descriptors
+        // (`ReactorConfig::direct_descriptors`), also with the acceptor thread (ring-to-ring
+        // hand-off of direct descriptors), and zero-copy sends of 64 KiB and more
+        // (`send_zerocopy_threshold`; over loopback the kernel copies anyway).
+        zerg(
+            "zerg-direct",
+            &["--mode", "reactor", "--accept", "per-reactor", "--direct"],
+        ),
+        zerg(
+            "zerg-direct-dedicated",
+            &["--mode", "reactor", "--accept", "dedicated", "--direct"],
+        ),
+        zerg(
+            "zerg-zc",
+            &[
+                "--mode",
+                "reactor",
+                "--accept",
+                "per-reactor",
+                "--zc-threshold",
+                "64KiB",
+            ],
+        ),
         ServerKind {
             needs: Some(p.c_server.clone()),
             ..ServerKind::new("c-uring", Suite, &[&p.c_server.display().to_string()])

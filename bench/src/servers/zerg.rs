@@ -6,12 +6,14 @@
 //!
 //! `zerg-bench zerg --port P --workload http|echo [--buf-size N]
 //!                  [--mode reactor|runtime] [--accept dedicated|per-reactor] [--incremental]
-//!                  [--bundle] [--fixed-ring] [--reactors N] [--timeouts] [--min-wait USEC]`
+//!                  [--bundle] [--fixed-ring] [--direct] [--zc-threshold BYTES] [--reactors N]
+//!                  [--timeouts] [--min-wait USEC]`
 //! (N > 1: the scaling rows; one reactor per server CPU. `--bundle`: receive bundles
 //! (`recv_ring.bundle`). `--fixed-ring`: the whole receive ring circulating from the start.
-//! `--timeouts`: every connection timeout armed — read, idle, request, write — to measure what
-//! checking them costs. `--min-wait`: `ReactorConfig::min_wait`, batching completions in each
-//! wait)
+//! `--direct`: direct descriptors. `--zc-threshold`: zero-copy sends of at least that many
+//! bytes. `--timeouts`: every connection timeout armed — read, idle, request, write — to measure
+//! what checking them costs. `--min-wait`: `ReactorConfig::min_wait`, batching completions in
+//! each wait)
 
 use zerg_uring::{AcceptMode, Connection, Engine, EngineOptions, ReactorConfig};
 
@@ -29,6 +31,8 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
     let incremental = args.flag("incremental")?;
     let bundle = args.flag("bundle")?;
     let fixed_ring = args.flag("fixed-ring")?;
+    let direct = args.flag("direct")?;
+    let zc_threshold = crate::args::size_opt(&mut args, "zc-threshold", 0)?;
     let ring_bytes = crate::args::size_opt(&mut args, "ring-bytes", RING_BYTES)?;
     let reactors: usize = args.get("reactors", 1)?;
     let timeouts = args.flag("timeouts")?;
@@ -55,6 +59,13 @@ pub(crate) fn main(argv: Vec<String>) -> Result<(), String> {
         rc.recv_ring.initial_buffers = rc.buffer_ring_entries;
     }
     rc.max_connections_per_reactor = 65536;
+    rc.direct_descriptors = direct;
+    rc.send_zerocopy_threshold = zc_threshold;
+    if direct {
+        // The file table (the cap and some headroom) must fit under RLIMIT_NOFILE, raised
+        // above to the hard limit, or the reactor falls back to plain descriptors.
+        rc.max_connections_per_reactor = (proto::nofile_limit().clamp(1024, 65536) * 3 / 4) as u32;
+    }
     if timeouts {
         // Long enough never to fire during a run: what is measured is the bookkeeping.
         let t = Some(std::time::Duration::from_secs(300));

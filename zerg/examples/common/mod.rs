@@ -73,6 +73,8 @@ pub struct Args {
     pub accept: AcceptMode,
     pub workers: usize,
     pub sqpoll: bool,
+    /// `--direct-descriptors`: `ReactorConfig::direct_descriptors`.
+    pub direct_descriptors: bool,
     /// `None`: off.
     pub write_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
@@ -105,6 +107,9 @@ pub const USAGE: &str = "flags:
                             SO_REUSEPORT accept in every reactor (default), or an acceptor thread
   --workers N               tokio worker threads in runtime mode (default: number of CPUs)
   --sqpoll                  IORING_SETUP_SQPOLL for the reactors
+  --direct-descriptors      connections as direct descriptors in the rings' file tables
+                            (Linux 6.8+; the table needs RLIMIT_NOFILE above the connection
+                            cap, or the reactors use plain descriptors and log why)
   --max-connections N       most live connections, split evenly over the reactors
                             (default: 8192 per reactor)
   --write-timeout SECS      drop a peer that takes no bytes for SECS (default 30; 0: off)
@@ -176,6 +181,7 @@ impl Args {
             accept: AcceptMode::PerReactor,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             sqpoll: false,
+            direct_descriptors: false,
             write_timeout: secs(WRITE_TIMEOUT),
             read_timeout: secs(READ_TIMEOUT),
             idle_timeout: secs(IDLE_TIMEOUT),
@@ -206,6 +212,7 @@ impl Args {
                 "buffer-ring-entries" => a.buffer_ring_entries = p.value()?.parse()?,
                 "incremental" => a.incremental = true,
                 "sqpoll" => a.sqpoll = true,
+                "direct-descriptors" => a.direct_descriptors = true,
                 "workers" => a.workers = p.value()?.parse()?,
                 "mode" => {
                     a.mode = match p.value()?.string()?.as_str() {
@@ -249,6 +256,7 @@ impl Args {
         reactor.recv_buffer_size = self.recv_buffer_size;
         reactor.buffer_ring_entries = self.buffer_ring_entries;
         reactor.incremental_buffer_consumption = self.incremental;
+        reactor.direct_descriptors = self.direct_descriptors;
         // Responses staged per connection: a client pipelining requests without reading the
         // answers holds at most this much (then the handler waits for the peer to read).
         reactor.max_write_buffer = MAX_WRITE_BUFFER;

@@ -5,10 +5,10 @@
 //! whole batches in or out and wake whoever waits; it never touches the fields.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
+use super::fd::ConnFd;
 use crate::buf_ring::RecvItem;
 use crate::error::CloseReason;
 use crate::ring::SendBuf;
@@ -35,7 +35,8 @@ pub(crate) mod request {
 /// State shared between a connection's handle and its reactor.
 pub(crate) struct ConnShared {
     pub(crate) id: ConnectionId,
-    pub(crate) fd: RawFd,
+    /// The socket's descriptor and who owns it.
+    pub(crate) fd: ConnFd,
     pub(crate) reactor: Arc<ReactorShared>,
     state: Mutex<ConnState>,
 }
@@ -76,8 +77,6 @@ pub(crate) struct ConnState {
     /// Request bits for the reactor and whether the token is queued.
     pub(super) requests: u8,
     pub(super) queued: bool,
-    /// The reactor closed the descriptor (engine stop); the fd number means nothing any more.
-    pub(super) fd_closed: bool,
     /// The `Connection` handle was dropped: returns are queued at once.
     pub(super) handle_dropped: bool,
     /// The handler took data with its last read and has not flushed or waited since: a return
@@ -125,7 +124,7 @@ pub(super) fn register(slot: &mut Option<Waker>, waker: &Waker, reactor: &Reacto
 
 /// The handle's side.
 impl ConnShared {
-    pub(crate) fn new(id: ConnectionId, fd: RawFd, reactor: Arc<ReactorShared>) -> Self {
+    pub(crate) fn new(id: ConnectionId, fd: ConnFd, reactor: Arc<ReactorShared>) -> Self {
         Self {
             id,
             fd,
@@ -314,13 +313,12 @@ impl ConnShared {
         wake(w.0, w.1);
     }
 
-    /// The reactor closes the descriptor: every piece the connection still has (unread,
+    /// The reactor frees the connection: every piece the connection still has (unread,
     /// handed back, flushed for sending in place) goes into `items`, reads and writes end, and
     /// both wakers are woken.
     pub(crate) fn close_fd(&self, items: &mut Vec<RecvItem>) {
         let (rw, fw) = {
             let mut st = self.lock();
-            st.fd_closed = true;
             items.extend(st.recv.drain(..));
             items.append(&mut st.returned);
             st.outgoing.take_pieces(items);
@@ -333,11 +331,6 @@ impl ConnShared {
         };
         wake(rw.0, rw.1);
         wake(fw.0, fw.1);
-    }
-
-    /// The descriptor was closed without the usual protocol (reactor exit).
-    pub(crate) fn mark_fd_closed(&self) {
-        self.lock().fd_closed = true;
     }
 
     /// Since when (reactor time, ms) a read has been waiting for bytes, if one is.

@@ -1,9 +1,8 @@
 //! New connections: the accept of per-reactor accept mode (multishot below the connection
 //! caps' low watermark, one at a time above it, paused at the cap), hand-offs from the acceptor
-//! thread, and adopting a descriptor as a connection.
+//! thread, and adopting a descriptor (or a direct descriptor, `fds.rs`) as a connection.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use io_uring::cqueue;
@@ -11,11 +10,11 @@ use io_uring::cqueue;
 use super::conn::Conn;
 use super::{Phase, Reactor, Sink, fatal};
 use crate::admission::{AcceptGate, Admission, GateAction};
-use crate::conn::{ConnShared, Connection};
+use crate::conn::Connection;
 use crate::error::Result;
 use crate::log_throttle::{log_accept_error, warn_throttled};
+use crate::ring::SockFd;
 use crate::ring::token::{Kind, Token};
-use crate::sys;
 
 /// A reactor's side of the connection caps.
 pub(super) struct Accepting {
@@ -25,7 +24,7 @@ pub(super) struct Accepting {
     gate: AcceptGate,
     /// Connections accepted in the same batch as the one that reached the cap, waiting for a
     /// place (open: they are served once one frees up).
-    deferred: VecDeque<RawFd>,
+    deferred: VecDeque<SockFd>,
 }
 
 impl Accepting {
@@ -44,10 +43,11 @@ impl Reactor {
         if let Some(fd) = self.listener {
             let room = self.accepting.admission.room(Some(self.index), |_| true);
             let token = Token::engine(Kind::Accept);
+            let direct = self.features.direct;
             if self.accepting.gate.arming(room) {
-                self.ring.accept_multi(fd, token)
+                self.ring.accept_multi(fd, direct, token)
             } else {
-                self.ring.accept_one(fd, token)
+                self.ring.accept_one(fd, direct, token)
             }
             .map_err(|e| fatal(e, "arm accept"))?;
             self.accept_armed = true;
@@ -64,7 +64,12 @@ impl Reactor {
             self.accepting.gate.ended();
         }
         if res >= 0 {
-            self.accepted(res)?;
+            let fd = if self.features.direct {
+                SockFd::Fixed(res as u32)
+            } else {
+                SockFd::Raw(res)
+            };
+            self.accepted(fd)?;
         } else if res != -libc::ECANCELED && !self.engine.is_stopping() {
             self.stats.accept_errors += 1;
             log_accept_error(&mut self.logs.accept_errors, -res);
@@ -81,7 +86,8 @@ impl Reactor {
             );
         } else if !more && running && !self.accepting.gate.is_paused() {
             if res == -libc::EMFILE || res == -libc::ENFILE {
-                // Out of descriptors: retrying at once would spin. Try again after a pause.
+                // Out of descriptors (or of slots in the file table): retrying at once would
+                // spin. Try again after a pause.
                 self.ring
                     .backoff_timer(Token::engine(Kind::AcceptBackoff))
                     .map_err(|e| fatal(e, "arm the accept back-off"))?;
@@ -107,9 +113,9 @@ impl Reactor {
     /// A connection this reactor accepted itself: adopted if the caps leave a place, else kept
     /// until one frees up. Near the cap the multishot accept ends (it is re-armed one connection
     /// at a time); at the cap accepting pauses.
-    fn accepted(&mut self, fd: RawFd) -> Result<()> {
+    fn accepted(&mut self, fd: SockFd) -> Result<()> {
         if self.phase != Phase::Running {
-            sys::close(fd);
+            self.discard_fd(fd);
             return Ok(());
         }
         if self.accepting.deferred.is_empty()
@@ -117,7 +123,7 @@ impl Reactor {
         {
             self.adopt(fd)?;
         } else {
-            tracing::debug!(fd, "accepted past the connection cap; waiting for a place");
+            tracing::debug!(?fd, "accepted past the connection cap; waiting for a place");
             self.accepting.deferred.push_back(fd);
         }
         self.apply_gate()
@@ -227,36 +233,39 @@ impl Reactor {
 
     /// Closes the connections kept waiting for a place (the engine stops).
     pub(super) fn close_deferred(&mut self) {
-        for fd in self.accepting.deferred.drain(..) {
-            sys::close(fd);
+        while let Some(fd) = self.accepting.deferred.pop_front() {
+            self.discard_fd(fd);
         }
     }
 
     /// Takes ownership of an accepted descriptor whose place is taken.
-    pub(super) fn adopt(&mut self, fd: RawFd) -> Result<()> {
+    pub(super) fn adopt(&mut self, fd: SockFd) -> Result<()> {
         if self.phase != Phase::Running || self.conns.len() >= self.max_conns {
             // Stopping (or, defensively, a place counted wrong): nobody will serve it.
             if self.phase == Phase::Running {
                 self.stats.connections_shed += 1;
                 warn_throttled!(
                     self.logs.shed,
-                    fd,
+                    ?fd,
                     connections = self.conns.len(),
                     "no room for a new connection on this reactor: closed it (shed)"
                 );
             }
-            sys::close(fd);
+            self.discard_fd(fd);
             self.release_place();
             return Ok(());
         }
         let id = self.conns.next_id();
-        let shared = Arc::new(ConnShared::new(id, fd, self.shared.clone()));
+        let shared = self.conn_shared(id, fd);
         let mut conn = Conn::new(fd, shared.clone());
         conn.admitted = true;
         let inserted = self.conns.insert(conn);
         debug_assert_eq!(inserted, id);
         self.stats.connections_total += 1;
-        tracing::trace!(conn = %id, fd, "connection opened");
+        if let SockFd::Fixed(_) = fd {
+            self.stats.direct_connections += 1;
+        }
+        tracing::trace!(conn = %id, ?fd, "connection opened");
         self.arm_recv(id)?;
         self.arm_conn_timer(id);
         let conn = Connection::new(shared, self.shared.max_write_buffer);

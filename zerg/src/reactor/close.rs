@@ -1,6 +1,7 @@
 //! Closing: one connection (cancel what is in flight, reap it, then close the descriptor and free
-//! the slot), the whole reactor (stop accepting, drain for the grace period, close everything),
-//! and the teardown that leaves the ring drained before memory shared with the kernel is freed.
+//! the slot; `fds.rs` does the descriptor part), the whole reactor (stop accepting, drain for the
+//! grace period, close everything), and the teardown that leaves the ring drained before memory
+//! shared with the kernel is freed.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,6 @@ use super::{BGID, Phase, Reactor, fatal};
 use crate::error::{CloseReason, Result};
 use crate::ring::token::{ConnectionId, Kind, Token};
 use crate::runtime::executor;
-use crate::sys;
 
 impl Reactor {
     /// Stops all I/O of a connection; it is freed once its operations completed and its handle
@@ -59,12 +59,13 @@ impl Reactor {
         conn.life = Life::Failed;
         conn.shared.end_read(reason);
         conn.shared.end_write(reason);
-        if let Err(e) = sys::shutdown_both(conn.fd) {
+        if let Some(Err(e)) = self.shutdown_fd(id, libc::SHUT_RDWR) {
             tracing::debug!(conn = %id, error = %e, "shutdown of a failed connection");
         }
     }
 
-    /// Frees a closing connection once nothing is in flight and nobody needs its descriptor.
+    /// Frees a closing connection once nothing is in flight and nobody needs its descriptor
+    /// (with the engine stopping, a live handle gets it: `fds.rs`).
     pub(super) fn maybe_finish_close(&mut self, id: ConnectionId) {
         let stopping = self.phase == Phase::Closing;
         let Some(conn) = self.conns.get_mut(id) else {
@@ -73,18 +74,20 @@ impl Reactor {
         if !conn.can_free(stopping) {
             return;
         }
+        self.release_fds(id);
+        let conn = self.conns.get_mut(id).expect("looked up above");
         let mut items = std::mem::take(&mut self.items);
         conn.send.discard();
         items.append(conn.send.done());
         conn.shared.close_fd(&mut items);
-        sys::close(conn.fd);
         for item in &items {
             self.bufs.release(item);
         }
         items.clear();
         self.items = items;
-        if let Some(conn) = self.conns.remove(id) {
+        if let Some(mut conn) = self.conns.remove(id) {
             tracing::trace!(conn = %id, "connection closed");
+            self.bury_send(id, &mut conn);
             if conn.admitted {
                 self.release_place();
             }
@@ -160,12 +163,22 @@ impl Reactor {
             self.drain_after_failure();
         }
         for id in self.conns.ids() {
-            if let Some(conn) = self.conns.remove(id) {
-                conn.shared.mark_fd_closed();
-                sys::close(conn.fd);
+            // A live handle keeps its descriptor (shut down); the others close. Direct
+            // descriptors close with the ring.
+            let alive = self.conns.get_mut(id).is_some_and(|c| c.handle_alive);
+            if alive {
+                self.hand_over(id, !failed);
+            } else if let Some(conn) = self.conns.get_mut(id)
+                && let Some(fd) = conn.shared.fd.release()
+            {
+                crate::sys::close(fd);
+            }
+            if let Some(mut conn) = self.conns.remove(id) {
+                self.bury_send(id, &mut conn);
             }
         }
         self.close_deferred();
+        self.wait_for_graves();
         self.shared.mark_exited();
         executor::cancel_all(&self.shared);
         if let Err(e) = self.ring.uring().submitter().unregister_buf_ring(BGID) {
@@ -204,6 +217,9 @@ impl Reactor {
             self.ring.leak_buffers();
             for id in self.conns.ids() {
                 if let Some(conn) = self.conns.remove(id) {
+                    // Its descriptor stays open (leaked with it): a handle that borrowed it
+                    // keeps a valid one. One that waits for an install learns there is none.
+                    conn.shared.fd.orphan(libc::ENOTCONN);
                     std::mem::forget(conn);
                 }
             }

@@ -1,12 +1,11 @@
 //! [`Conn`]: a connection as its reactor sees it — the kernel-facing half (what is armed, what is
 //! being sent, where it is in its life). The half the handle shares is [`ConnShared`].
 
-use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use super::connect::Connecting;
 use crate::conn::ConnShared;
-use crate::ring::SendBuf;
+use crate::ring::{SendBuf, SockFd};
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +45,8 @@ pub(super) enum RecvState {
 
 /// A connection as the reactor sees it.
 pub(super) struct Conn {
-    pub(super) fd: RawFd,
+    /// The socket: a descriptor, or a slot in the ring's file table.
+    pub(super) fd: SockFd,
     pub(super) shared: Arc<ConnShared>,
     pub(super) life: Life,
     pub(super) recv: RecvState,
@@ -84,7 +84,7 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub(super) fn new(fd: RawFd, shared: Arc<ConnShared>) -> Self {
+    pub(super) fn new(fd: SockFd, shared: Arc<ConnShared>) -> Self {
         Self {
             fd,
             shared,

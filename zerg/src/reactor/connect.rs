@@ -16,8 +16,8 @@ use super::outbound::{OutboundRequest, Resolver, Target};
 use super::{Phase, Reactor, fatal};
 use crate::conn::{ConnShared, Connection};
 use crate::error::{Error, Result};
-use crate::ring::ConnectOp;
 use crate::ring::token::{ConnectionId, Kind, Token};
+use crate::ring::{ConnectOp, SockFd};
 
 /// The reactor's state of a connect in flight (boxed in [`Conn::connect`]).
 #[derive(Debug)]
@@ -75,11 +75,11 @@ impl Reactor {
             return Ok(());
         }
         let id = self.conns.next_id();
-        let fd = fd.into_raw_fd();
-        let shared = Arc::new(ConnShared::new(id, fd, self.shared.clone()));
+        let fd = SockFd::Raw(fd.into_raw_fd());
+        let shared = self.conn_shared(id, fd);
         if !resolver.started(&shared) {
             // Nobody waits for it any more.
-            crate::sys::close(fd);
+            self.discard_fd(fd);
             return Ok(());
         }
         let inserted = self.conns.insert(Conn::new(fd, shared.clone()));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::Reactor;
 use crate::conn::request;
 use crate::error::Result;
-use crate::ring::token::{ConnectionId, Token};
+use crate::ring::token::{ConnectionId, Kind, Token};
 use crate::runtime::local;
 
 impl Reactor {
@@ -33,6 +33,10 @@ impl Reactor {
             return Ok(());
         };
         let id = token.id;
+        if token.kind == Kind::InstallRequest {
+            self.on_install_request(id);
+            return Ok(());
+        }
         let Some(conn) = self.conns.get_mut(id) else {
             self.zombie_returns(id);
             return Ok(());

@@ -25,50 +25,52 @@
 //! `pressure.rs` (the per-connection bound, the ring running low), `watch.rs` (closes noticed
 //! while a receive is paused), `send.rs`, `inbox.rs` (requests from handles), `close.rs`
 //! (closing, stopping, teardown), `timers.rs` (connection timeouts), `connect.rs` (outbound
-//! connections) and `outbound.rs` (their requests and answers), `wait.rs` (the end of an
-//! iteration: wake-ups handed to other threads, submit and wait); `conn.rs` holds the reactor's
-//! half of a connection.
+//! connections) and `outbound.rs` (their requests and answers), `fds.rs` (descriptors: direct
+//! ones, installs, shutdowns, closes; zero-copy sends' buffers), `wait.rs` (the end of an
+//! iteration: wake-ups handed to other threads, submit and wait), `start.rs` (the thread, the
+//! rings, setup and the end of the thread); `conn.rs` holds the reactor's half of a connection.
 
 mod accept;
 mod close;
 mod conn;
 mod connect;
+mod fds;
 mod inbox;
 pub(crate) mod outbound;
 mod pressure;
 mod recv;
 mod send;
 mod setup;
+mod start;
 mod timers;
 mod wait;
 mod watch;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use io_uring::cqueue;
 
-use crate::admission::Admission;
 use crate::buf_ring::{BufRing, RecvItem};
-use crate::config::ReactorConfig;
 use crate::conn::{ConnShared, Connection};
 use crate::error::{Error, Result};
-use crate::lifecycle::{Lifecycle, ThreadGuard};
+use crate::lifecycle::Lifecycle;
 use crate::log_throttle::Throttles;
-use crate::ring::Ring;
 use crate::ring::slots::Slots;
 use crate::ring::token::{ConnectionId, Kind, Token};
-use crate::runtime::{ReactorShared, executor, local};
+use crate::ring::{Ring, SockFd};
+use crate::runtime::{ReactorShared, executor};
 use crate::stats::ReactorStats;
-use crate::sys::{self, EventFd};
 
 use accept::Accepting;
 use conn::Conn;
 use outbound::{Outbound, OutboundRequest};
 use pressure::Pressure;
 use recv::Receiving;
+pub(crate) use start::{ReactorInit, spawn};
 use timers::{ConnTimers, Timeouts};
 
 /// Buffer-group id of every reactor's ring (each reactor has its own io_uring).
@@ -99,112 +101,6 @@ enum Sink {
     Serve(Box<dyn FnMut(Connection)>),
 }
 
-/// Everything a reactor thread needs to start.
-pub(crate) struct ReactorInit {
-    pub(crate) index: usize,
-    pub(crate) config: ReactorConfig,
-    pub(crate) mode: Mode,
-    /// Per-reactor accept mode: the listener this reactor accepts on (its own `SO_REUSEPORT`
-    /// socket, or one it shares with the other reactors).
-    pub(crate) listener: Option<RawFd>,
-    pub(crate) engine: Arc<Lifecycle>,
-    /// Held for the thread's whole life (`Engine::stopped`).
-    pub(crate) exit: ThreadGuard,
-    /// The tokio runtime whose context the thread enters (`EngineOptions::tokio_context`).
-    #[cfg(feature = "tokio-context")]
-    pub(crate) tokio: Option<tokio::runtime::Handle>,
-    /// The engine's connection counts and caps.
-    pub(crate) admission: Arc<Admission>,
-}
-
-/// A started reactor: its shared part, its outbound inbox, its thread.
-pub(crate) struct Spawned {
-    pub(crate) shared: Arc<ReactorShared>,
-    pub(crate) outbound: Arc<Outbound>,
-    pub(crate) thread: std::thread::JoinHandle<()>,
-}
-
-type Ready = Result<(Arc<ReactorShared>, Arc<Outbound>)>;
-
-/// Starts a reactor thread; returns once its ring and buffer ring are set up.
-pub(crate) fn spawn(init: ReactorInit) -> Result<Spawned> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Ready>(1);
-    let index = init.index;
-    let thread = std::thread::Builder::new()
-        .name(format!("zerg-reactor-{index}"))
-        .spawn(move || thread_main(init, tx))
-        .map_err(|e| Error::io(format!("spawn thread zerg-reactor-{index}"), e))?;
-    match rx.recv() {
-        Ok(Ok((shared, outbound))) => Ok(Spawned {
-            shared,
-            outbound,
-            thread,
-        }),
-        Ok(Err(e)) => {
-            let _ = thread.join();
-            Err(e)
-        }
-        Err(_) => {
-            let _ = thread.join();
-            Err(Error::ReactorFailed {
-                reactor: index,
-                reason: "the reactor thread exited during setup".into(),
-            })
-        }
-    }
-}
-
-fn thread_main(init: ReactorInit, ready: std::sync::mpsc::SyncSender<Ready>) {
-    // Declared first, dropped last: after everything below has been torn down.
-    let _exit = init.exit.clone();
-    let index = init.index;
-    // Every event of this thread (and of thread-per-core handlers) carries `reactor`. At
-    // `error` level so that it is on whenever any event is.
-    let _span = tracing::error_span!("reactor", reactor = index).entered();
-    let engine = init.engine.clone();
-    // Entered for the thread's whole life: every handler poll runs in the runtime's context.
-    #[cfg(feature = "tokio-context")]
-    let tokio = init.tokio.clone();
-    #[cfg(feature = "tokio-context")]
-    let _tokio = tokio.as_ref().map(tokio::runtime::Handle::enter);
-    let mut reactor = match Reactor::new(init) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    let _guard = local::enter(&reactor.shared);
-    let _outbound_guard = outbound::enter(&reactor.outbound);
-    if let Err(e) = reactor.build_sink() {
-        reactor.teardown(true);
-        let _ = ready.send(Err(e));
-        return;
-    }
-    let _ = ready.send(Ok((reactor.shared.clone(), reactor.outbound.clone())));
-    drop(ready);
-    tracing::debug!("reactor started");
-
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reactor.run()));
-    let failure = match outcome {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(payload) => Some(panic_message(payload.as_ref())),
-    };
-    if let Some(reason) = &failure {
-        tracing::error!(%reason, "reactor failed; stopping the engine");
-        engine.fail(Error::ReactorFailed {
-            reactor: index,
-            reason: reason.clone(),
-        });
-    }
-    reactor.fail_outbound();
-    reactor.teardown(failure.is_some());
-    // A batch of wake-ups may still wait for its leader; nobody bounds that wait any more.
-    reactor.shared.deliver_wakes();
-    tracing::debug!("reactor stopped");
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
@@ -221,8 +117,12 @@ struct Reactor {
     outbound: Arc<Outbound>,
     outbound_reqs: Vec<OutboundRequest>,
     engine: Arc<Lifecycle>,
-    ring: Ring,
+    /// Shared with code on this thread that needs an answer from the kernel at once
+    /// (`ring/fixed.rs`).
+    ring: Rc<Ring>,
     bufs: BufRing,
+    /// Direct descriptors and zero-copy sends, as set up and probed (`fds.rs`).
+    features: fds::Features,
     conns: Slots<Conn>,
     /// Until [`build_sink`](Self::build_sink) runs on the reactor thread: how to build `sink`.
     mode: Option<Mode>,
@@ -275,128 +175,11 @@ struct Reactor {
     deferred: Vec<std::task::Waker>,
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
-}
-
 fn fatal(e: std::io::Error, what: &str) -> Error {
     Error::io(what.to_string(), e)
 }
 
 impl Reactor {
-    fn new(init: ReactorInit) -> Result<Self> {
-        let ReactorInit {
-            index,
-            config,
-            mode,
-            listener,
-            engine,
-            admission,
-            ..
-        } = init;
-        if let Some(cpu) = config.cpu {
-            sys::pin_current_thread(cpu)
-                .map_err(|e| Error::io(format!("pin reactor {index} to CPU {cpu}"), e))?;
-        }
-        let who = format!("reactor {index}");
-        let uring = sys::ring::build(&setup::ring_spec(&config), &who)?;
-        let bufs = setup::receive_ring(&config, &uring, &who)?;
-        let receiving = Receiving::new(&config, &uring, index);
-        let min_wait = sys::ring::min_wait_usec(&uring, config.min_wait, &who);
-        let ring = Ring::new(uring, Duration::from_millis(100), config.cq_timeout);
-        ring.set_min_wait(min_wait);
-        let eventfd = EventFd::new().map_err(|e| Error::io(format!("eventfd for {who}"), e))?;
-        let wake_fd = eventfd.raw();
-        let max_conns = config.max_connections_per_reactor as usize;
-        let shared = Arc::new(ReactorShared::new(
-            index,
-            bufs.pool().clone(),
-            ring.raw_fd(),
-            eventfd,
-            &config,
-        ));
-        let stats = ReactorStats {
-            buffers_total: u64::from(bufs.total()),
-            buffers_free: u64::from(bufs.free()),
-            ..ReactorStats::default()
-        };
-        shared.stats.publish(&stats);
-        let batch = config.batch_cqes as usize;
-        let outbound = Arc::new(Outbound::new(shared.clone()));
-        let mut reactor = Self {
-            index,
-            shared,
-            outbound,
-            outbound_reqs: Vec::new(),
-            engine,
-            ring,
-            bufs,
-            conns: Slots::with_capacity(max_conns.min(1024)),
-            mode: Some(mode),
-            sink: Sink::Serve(Box::new(drop)),
-            incremental: config.incremental_buffer_consumption,
-            max_conns,
-            max_held: config.effective_max_buffers_per_connection(),
-            pressure: Pressure::new(&config),
-            receiving,
-            accepting: Accepting::new(admission),
-            buf_size: config.recv_buffer_size,
-            recv_limit: true,
-            recv_limit_works: false,
-            batch,
-            cqes: Vec::with_capacity(batch.min(4096)),
-            tokens: Vec::with_capacity(1024),
-            items: Vec::with_capacity(256),
-            starved: VecDeque::new(),
-            zombies: Vec::new(),
-            wake_fd,
-            wake_armed: false,
-            listener,
-            accept_armed: false,
-            misc_ops: 0,
-            stats,
-            logs: Throttles::default(),
-            phase: Phase::Running,
-            cancel_all_sent: false,
-            now: 0,
-            timeouts: Timeouts::new(&config),
-            conn_timers: ConnTimers::default(),
-            wakers: Vec::new(),
-            deferred: Vec::with_capacity(1024),
-        };
-        reactor.arm_wake()?;
-        if reactor.listener.is_some() {
-            reactor.arm_accept()?;
-        }
-        reactor.submit(false, None)?;
-        Ok(reactor)
-    }
-
-    /// Builds where new connections go, on the reactor thread (thread-per-core handlers may
-    /// build per-reactor state here). A panic there fails the start.
-    fn build_sink(&mut self) -> Result<()> {
-        self.sink = match self.mode.take().expect("built once") {
-            Mode::Runtime(tx) => Sink::Runtime(tx),
-            Mode::Serve(factory) => {
-                let index = self.index;
-                let built =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory(index)));
-                Sink::Serve(built.map_err(|p| Error::ReactorFailed {
-                    reactor: index,
-                    reason: format!(
-                        "the per-reactor state initialiser panicked: {}",
-                        panic_message(p.as_ref())
-                    ),
-                })?)
-            }
-        };
-        Ok(())
-    }
-
     fn submit(&mut self, wait: bool, bound: Option<Duration>) -> Result<()> {
         self.ring
             .submit(wait, bound)
@@ -457,6 +240,7 @@ impl Reactor {
         self.stats.buffers_free = u64::from(self.bufs.free());
         self.stats.buffers_held = u64::from(self.bufs.total() - self.bufs.free());
         self.stats.handler_panics = executor::panics();
+        self.stats.fd_installs = self.ring.installs();
         self.shared.stats.publish(&self.stats);
     }
 
@@ -486,7 +270,7 @@ impl Reactor {
         };
         match token.kind {
             Kind::Recv => self.on_recv(token.id, res, flags),
-            Kind::Send => self.on_send(token.id, res),
+            Kind::Send => self.on_send(token.id, res, flags),
             Kind::Connect => self.on_connect(token.id, res),
             Kind::ConnectTimeout => {
                 self.on_connect_timeout(token.id, res);
@@ -508,13 +292,12 @@ impl Reactor {
                 self.shared.wake_consumed();
                 Ok(())
             }
-            Kind::NewConn => {
-                if res >= 0 {
-                    self.adopt(res)
-                } else {
-                    Ok(())
-                }
-            }
+            Kind::NewConn if res >= 0 => self.adopt(SockFd::Raw(res)),
+            Kind::NewDirect
+            | Kind::CloseSlot
+            | Kind::ShutdownWrite
+            | Kind::ShutdownBoth
+            | Kind::QuietClose => self.on_fd_op(token, res),
             Kind::Accept => self.on_accept(res, flags),
             Kind::AcceptBackoff => self.on_accept_backoff(),
             Kind::Grace => self.on_grace(),
@@ -522,7 +305,12 @@ impl Reactor {
                 self.misc_ops -= 1;
                 Ok(())
             }
-            Kind::HandOff => Ok(()),
+            // Answered elsewhere, or not completions of this ring.
+            Kind::NewConn
+            | Kind::HandOff
+            | Kind::HandOffClose
+            | Kind::Install
+            | Kind::InstallRequest => Ok(()),
         }
     }
 }

@@ -1,20 +1,25 @@
 //! The send path: one send (or `sendmsg`) in flight per connection, partial sends resubmitted,
 //! flushes completed with their outcome, the write side shut down once everything is sent.
+//! Large sends may be zero-copy (`ring/send_buf.rs`): the batch then completes with the last
+//! notification, and a connection freed before it leaves its buffer buried (`fds.rs`).
 
-use super::conn::Conn;
+use io_uring::cqueue;
+
 use super::{RETAIN_SEND_CAPACITY, Reactor, fatal};
 use crate::error::{CloseReason, Result};
 use crate::log_throttle::warn_throttled;
-use crate::ring::SendProgress;
 use crate::ring::token::{ConnectionId, Kind, Token};
-use crate::sys;
+use crate::ring::{SendProgress, zc_copied};
 
 impl Reactor {
     pub(super) fn start_send(&mut self, id: ConnectionId) -> Result<()> {
         let Some(conn) = self.conns.get_mut(id) else {
             return Ok(());
         };
-        let entry = conn.send.next_send(&self.shared.pool, conn.fd);
+        let entry = conn
+            .send
+            .next_send(&self.shared.pool, conn.fd, self.features.zc_threshold);
+        self.stats.zc_sends += u64::from(conn.send.is_zc());
         self.ring
             .send(entry, Token::conn(Kind::Send, id))
             .map_err(|e| fatal(e, "submit send"))?;
@@ -23,17 +28,48 @@ impl Reactor {
         Ok(())
     }
 
-    pub(super) fn on_send(&mut self, id: ConnectionId, res: i32) -> Result<()> {
+    pub(super) fn on_send(&mut self, id: ConnectionId, res: i32, flags: u32) -> Result<()> {
+        if cqueue::notif(flags) {
+            return self.on_send_notif(id, res);
+        }
         let Some(conn) = self.conns.get_mut(id) else {
             self.stats.stale_completions += 1;
             return Ok(());
         };
         conn.ops -= 1;
-        let progress = conn.send.complete(res, RETAIN_SEND_CAPACITY);
+        let progress = conn
+            .send
+            .complete(res, cqueue::more(flags), RETAIN_SEND_CAPACITY);
         if res > 0 {
             self.stats.bytes_sent += res as u64;
             conn.last_active = self.now;
         }
+        self.send_progress(id, progress)
+    }
+
+    /// A zero-copy send's notification: the kernel no longer reads what that send covered.
+    fn on_send_notif(&mut self, id: ConnectionId, res: i32) -> Result<()> {
+        let copied = zc_copied(res);
+        let Some(conn) = self.conns.get_mut(id) else {
+            if !self.grave_notified(id, copied) {
+                self.stats.stale_completions += 1;
+            }
+            return Ok(());
+        };
+        self.stats.zc_copied += u64::from(copied);
+        match conn.send.notified(RETAIN_SEND_CAPACITY) {
+            Some(progress) => self.send_progress(id, progress),
+            None => {
+                // A discard may have released pieces.
+                self.release_sent(id)?;
+                self.maybe_finish_close(id);
+                Ok(())
+            }
+        }
+    }
+
+    /// Acts on what a send's completion (or notification) meant for its buffer.
+    fn send_progress(&mut self, id: ConnectionId, progress: SendProgress) -> Result<()> {
         // Received pieces sent in place go back to the ring (and may resume the receive).
         self.release_sent(id)?;
         let Some(conn) = self.conns.get_mut(id) else {
@@ -57,10 +93,23 @@ impl Reactor {
                 }
                 if conn.shutdown_pending {
                     conn.shutdown_pending = false;
-                    shutdown_now(conn);
+                    self.shutdown_now(id);
                 }
             }
             SendProgress::Failed(res) => self.send_failed(id, res)?,
+            SendProgress::Waiting => {}
+            SendProgress::ZcRefused if conn.is_closing() => {
+                conn.send.discard();
+                self.release_sent(id)?;
+            }
+            SendProgress::ZcRefused => {
+                tracing::warn!(
+                    "the kernel refused a zero-copy send (IORING_SEND_ZC_REPORT_USAGE needs \
+                     Linux 6.2); sending with copies from now on"
+                );
+                self.features.zc_threshold = 0;
+                return self.start_send(id);
+            }
         }
         self.maybe_finish_close(id);
         Ok(())
@@ -126,19 +175,25 @@ impl Reactor {
             if conn.send.is_inflight() || !conn.send.is_empty() {
                 conn.shutdown_pending = true;
             } else {
-                shutdown_now(conn);
+                self.shutdown_now(id);
             }
         }
     }
-}
 
-/// Sends FIN now (everything staged was sent) and tells the waiting `shutdown`.
-fn shutdown_now(conn: &mut Conn) {
-    let res = if conn.is_closing() {
-        Ok(())
-    } else {
-        sys::shutdown_write(conn.fd)
-            .map_err(|e| CloseReason::from_errno(e.raw_os_error().unwrap_or(libc::EIO)))
-    };
-    conn.shared.shut_down(res);
+    /// Sends FIN now (everything staged was sent) and tells the waiting `shutdown` (at once, or
+    /// when the shutdown of a direct descriptor completed).
+    fn shutdown_now(&mut self, id: ConnectionId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.is_closing() {
+            conn.shared.shut_down(Ok(()));
+            return;
+        }
+        if let Some(res) = self.shutdown_fd(id, libc::SHUT_WR)
+            && let Some(conn) = self.conns.get_mut(id)
+        {
+            conn.shared.shut_down(res);
+        }
+    }
 }

@@ -14,6 +14,9 @@
 //!   end with [`CloseReason::PeerClosed`] after them. Writing goes on (half-close).
 //! - FIN with bytes still in the socket: nothing changes for the handler; those bytes, then end
 //!   of file, are received once the receive is armed again. A reset still ends it at once.
+//!
+//! `SO_ERROR` and `SIOCINQ` are system calls on a descriptor: a connection on a direct
+//! descriptor gets one installed first (`fds.rs`; this path is rare).
 
 use io_uring::cqueue;
 
@@ -69,26 +72,27 @@ impl Reactor {
 
     /// `events` happened on `id` while its receive was paused or starved.
     fn watched(&mut self, id: ConnectionId, events: u32) {
+        let fd = self.real_fd(id);
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        let fd = conn.fd;
         if events & ERR != 0 {
-            let errno = sys::take_socket_error(fd)
+            let errno = fd
+                .and_then(sys::take_socket_error)
                 .ok()
                 .flatten()
                 .filter(|&e| e != 0)
                 .unwrap_or(libc::ECONNRESET);
             let reason = CloseReason::from_errno(errno);
             self.stats.paused_closes += 1;
-            tracing::debug!(conn = %id, fd, %reason, "connection failed while its receive was paused");
+            tracing::debug!(conn = %id, %reason, "connection failed while its receive was paused");
             conn.recv = RecvState::Ended;
             conn.life = Life::Failed;
             conn.shared.end_read(reason);
             conn.shared.end_write(reason);
         } else if events & (RDHUP | HUP) != 0 && !conn.peer_fin {
             self.stats.paused_closes += 1;
-            if matches!(sys::pending_input(fd), Ok(0)) {
+            if matches!(fd.and_then(sys::pending_input), Ok(0)) {
                 // Everything before the FIN was delivered.
                 conn.recv = RecvState::Ended;
                 conn.shared.end_read(CloseReason::PeerClosed);

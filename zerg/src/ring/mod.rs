@@ -5,26 +5,37 @@
 //! bytes untouched while its send is in flight and leaks them rather than free them if dropped
 //! mid-flight, or by a [`ConnectOp`] (a connect's peer address and timeout), which does the same.
 //! With that, pushing an entry cannot hand the kernel dangling memory.
+//!
+//! Every method takes `&self`: a reactor's ring is shared (`Rc`) with code running on its thread
+//! that needs an answer from the kernel at once (installing a direct descriptor for a handler,
+//! `fixed.rs`). The queues are borrowed only inside one method and the type is neither `Send`
+//! nor `Sync` to other threads' code, so two submission or completion queue views never exist at
+//! the same time.
 #![allow(unsafe_code)]
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::collections::VecDeque;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use io_uring::types::{CancelBuilder, Fd, Timespec};
+use io_uring::types::{self, CancelBuilder, Fd, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 
 use crate::sys;
 
 mod connect_op;
+mod fd;
+pub(crate) mod fixed;
 pub(crate) mod outgoing;
 mod send_buf;
 pub(crate) mod slots;
 pub(crate) mod token;
 
 pub(crate) use connect_op::ConnectOp;
-pub(crate) use send_buf::{SendBuf, SendProgress};
+pub(crate) use fd::{SockFd, on_fd};
+pub(crate) use send_buf::{SendBuf, SendProgress, zc_copied};
 
 /// The general timeout of a `min_wait` wait with nothing else bounding it: how often an idle
 /// reactor with `min_wait` wakes.
@@ -33,10 +44,17 @@ const MIN_WAIT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// An io_uring plus the memory its operations point to.
 pub(crate) struct Ring {
     uring: IoUring,
-    // Target of the eventfd read.
-    wake_buf: Box<u64>,
-    backoff: Box<Timespec>,
-    grace: Box<Timespec>,
+    // Target of the eventfd read (the kernel writes it).
+    wake_buf: ManuallyDrop<Box<UnsafeCell<u64>>>,
+    backoff: ManuallyDrop<Box<Timespec>>,
+    grace: ManuallyDrop<Box<Cell<Timespec>>>,
+    /// The boxes above are leaked instead of freed (operations may still use them).
+    leaked: Cell<bool>,
+    /// Completions taken out of the queue while looking for one answer (`fixed.rs`), handed out
+    /// first, in their order, by [`completion`](Self::completion).
+    stash: RefCell<VecDeque<cqueue::Entry>>,
+    /// Descriptors installed inline (`fixed.rs`), for the stats.
+    installs: Cell<u64>,
     /// Upper bound on every wait (`cq_timeout`), if configured.
     wait_timeout: Option<Duration>,
     /// `min_wait` of every blocking wait, in microseconds (0: off). A cell: submitting takes
@@ -44,13 +62,53 @@ pub(crate) struct Ring {
     min_wait_usec: Cell<u32>,
 }
 
+/// The completions of a [`Ring`], in the order the kernel posted them.
+pub(crate) struct Completions<'a> {
+    stash: &'a RefCell<VecDeque<cqueue::Entry>>,
+    cq: cqueue::CompletionQueue<'a>,
+}
+
+impl Completions<'_> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.stash.borrow().is_empty() && self.cq.is_empty()
+    }
+}
+
+impl Iterator for Completions<'_> {
+    type Item = cqueue::Entry;
+
+    fn next(&mut self) -> Option<cqueue::Entry> {
+        if let Some(e) = self.stash.borrow_mut().pop_front() {
+            return Some(e);
+        }
+        self.cq.next()
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if !self.leaked.get() {
+            // SAFETY: dropped once, here; nothing in flight uses them (a ring with operations in
+            // flight is leaked with `leak_buffers` first).
+            unsafe {
+                ManuallyDrop::drop(&mut self.wake_buf);
+                ManuallyDrop::drop(&mut self.backoff);
+                ManuallyDrop::drop(&mut self.grace);
+            }
+        }
+    }
+}
+
 impl Ring {
     pub(crate) fn new(uring: IoUring, backoff: Duration, wait_timeout: Option<Duration>) -> Self {
         Self {
             uring,
-            wake_buf: Box::new(0),
-            backoff: Box::new(sys::ring::timespec(backoff)),
-            grace: Box::new(Timespec::new()),
+            wake_buf: ManuallyDrop::new(Box::new(UnsafeCell::new(0))),
+            backoff: ManuallyDrop::new(Box::new(sys::ring::timespec(backoff))),
+            grace: ManuallyDrop::new(Box::new(Cell::new(Timespec::new()))),
+            leaked: Cell::new(false),
+            stash: RefCell::new(VecDeque::new()),
+            installs: Cell::new(0),
             wait_timeout,
             min_wait_usec: Cell::new(0),
         }
@@ -70,14 +128,16 @@ impl Ring {
         self.uring.as_raw_fd()
     }
 
-    fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+    fn push(&self, entry: &squeue::Entry) -> io::Result<()> {
         for _ in 0..64 {
-            // SAFETY: entries are built only by this type's methods and `SendBuf::next_send`, and point to memory owned by
-            // `self` (boxed, stable, alive until the ring is dropped or leaked), by a `SendBuf`
-            // that keeps its bytes until the send's completion is handed to `SendBuf::complete`,
-            // or by a `ConnectOp` that keeps its address and timespec until both of its
-            // completions arrived (and leaks them if dropped before).
-            if unsafe { self.uring.submission().push(entry) }.is_ok() {
+            // SAFETY: (1) the submission queue view lives only for this statement and the ring is
+            // used from one thread, so no other view exists (`submission_shared`'s contract).
+            // (2) entries are built only by this type's methods and `SendBuf::next_send`, and
+            // point to memory owned by `self` (boxed, stable, alive until the ring is dropped or
+            // leaked), by a `SendBuf` that keeps its bytes until the send's completions are
+            // handed to it, or by a `ConnectOp` that keeps its address and timespec until both of
+            // its completions arrived (and leaks them if dropped before).
+            if unsafe { self.uring.submission_shared().push(entry) }.is_ok() {
                 return Ok(());
             }
             self.submit_queued()?;
@@ -88,7 +148,7 @@ impl Ring {
     }
 
     /// Hands what is queued to the kernel (the submission queue is full).
-    fn submit_queued(&mut self) -> io::Result<()> {
+    fn submit_queued(&self) -> io::Result<()> {
         match self.uring.submit() {
             Ok(_) => Ok(()),
             Err(e)
@@ -106,10 +166,11 @@ impl Ring {
     /// Pushes `first` (flagged `IO_LINK`) and the `second` linked to it into one submission: a
     /// chain split by a submit in between would run `first` without its link, and the kernel
     /// would fail the orphaned `second`.
-    fn push_linked(&mut self, first: &squeue::Entry, second: &squeue::Entry) -> io::Result<()> {
+    fn push_linked(&self, first: &squeue::Entry, second: &squeue::Entry) -> io::Result<()> {
         for _ in 0..64 {
-            let room = {
-                let sq = self.uring.submission();
+            // SAFETY: a view for this statement only, on the ring's one thread (see `push`).
+            let room = unsafe {
+                let sq = self.uring.submission_shared();
                 sq.capacity() - sq.len()
             };
             if room >= 2 {
@@ -165,14 +226,30 @@ impl Ring {
         )
     }
 
-    pub(crate) fn completion(&mut self) -> cqueue::CompletionQueue<'_> {
-        self.uring.completion()
+    /// The completions to handle: those taken aside while waiting for an answer first
+    /// (`fixed.rs`), then the queue's. Drop the iterator before calling other methods.
+    pub(crate) fn completion(&self) -> Completions<'_> {
+        Completions {
+            stash: &self.stash,
+            // SAFETY: the ring's methods never hold a completion queue view across a call
+            // that could create another (`install_now` creates its own only after this one's
+            // users dropped theirs: it runs from handler code, never inside a reap).
+            cq: unsafe { self.uring.completion_shared() },
+        }
     }
 
     /// No completion waits to be reaped, neither in the completion queue nor in the kernel's
     /// overflow list: every buffer the kernel filled has been seen.
-    pub(crate) fn drained(&mut self) -> bool {
-        self.uring.completion().is_empty() && !self.uring.submission().cq_overflow()
+    pub(crate) fn drained(&self) -> bool {
+        if !self.stash.borrow().is_empty() {
+            return false;
+        }
+        // SAFETY: views for this statement only, on the ring's one thread, while no other view
+        // is alive (see `push` and `completion`).
+        unsafe {
+            self.uring.completion_shared().is_empty()
+                && !self.uring.submission_shared().cq_overflow()
+        }
     }
 
     /// Multishot receive into buffers of group `bgid`. A non-zero `limit` ends it (a completion
@@ -181,17 +258,17 @@ impl Ring {
     /// (`IORING_RECVSEND_BUNDLE`, Linux 6.10) a completion may fill several buffers: its buffer
     /// id is the first, its byte count runs on through the ring entries after it.
     pub(crate) fn recv_multi(
-        &mut self,
-        fd: RawFd,
+        &self,
+        fd: SockFd,
         bgid: u16,
         limit: u32,
         bundle: bool,
         user_data: u64,
     ) -> io::Result<()> {
         let entry = if bundle {
-            opcode::RecvMultiBundle::new(Fd(fd), bgid).build()
+            on_fd!(fd, |f| opcode::RecvMultiBundle::new(f, bgid).build())
         } else {
-            opcode::RecvMulti::new(Fd(fd), bgid).build()
+            on_fd!(fd, |f| opcode::RecvMulti::new(f, bgid).build())
         };
         let mut entry = entry.user_data(user_data);
         if limit > 0 {
@@ -203,18 +280,14 @@ impl Ring {
     /// A multishot poll of `fd` for `events` (`POLL*` bits; the kernel adds `POLLERR`, `POLLHUP`
     /// and `POLLRDHUP`): one completion (result: the events that are ready) when armed on a
     /// ready socket and one per wake-up carrying those events, until cancelled.
-    pub(crate) fn poll_multi(&mut self, fd: RawFd, events: u32, user_data: u64) -> io::Result<()> {
-        self.push(
-            &opcode::PollAdd::new(Fd(fd), events)
-                .multi(true)
-                .build()
-                .user_data(user_data),
-        )
+    pub(crate) fn poll_multi(&self, fd: SockFd, events: u32, user_data: u64) -> io::Result<()> {
+        let entry = on_fd!(fd, |f| opcode::PollAdd::new(f, events).multi(true).build());
+        self.push(&entry.user_data(user_data))
     }
 
     /// Reads the eventfd counter into the ring's own 8-byte buffer.
-    pub(crate) fn read_wake(&mut self, eventfd: RawFd, user_data: u64) -> io::Result<()> {
-        let buf: *mut u64 = &mut *self.wake_buf;
+    pub(crate) fn read_wake(&self, eventfd: RawFd, user_data: u64) -> io::Result<()> {
+        let buf: *mut u64 = self.wake_buf.get();
         self.push(
             &opcode::Read::new(Fd(eventfd), buf.cast(), 8)
                 .build()
@@ -222,43 +295,59 @@ impl Ring {
         )
     }
 
-    /// Multishot accept; accepted descriptors are close-on-exec.
-    pub(crate) fn accept_multi(&mut self, listener: RawFd, user_data: u64) -> io::Result<()> {
+    /// Multishot accept; accepted descriptors are close-on-exec. With `direct`, each connection
+    /// goes into a free slot of the ring's file table instead (`IORING_FILE_INDEX_ALLOC`) and the
+    /// result is the slot; `-ENFILE` when the table is full. (A direct descriptor is never
+    /// inherited across `exec`; the kernel rejects `SOCK_CLOEXEC` with it.)
+    pub(crate) fn accept_multi(
+        &self,
+        listener: RawFd,
+        direct: bool,
+        user_data: u64,
+    ) -> io::Result<()> {
         self.push(
             &opcode::AcceptMulti::new(Fd(listener))
-                .flags(libc::SOCK_CLOEXEC)
+                .flags(accept_flags(direct))
+                .allocate_file_index(direct)
                 .build()
                 .user_data(user_data),
         )
     }
 
-    /// A single accept (one connection); close-on-exec.
-    pub(crate) fn accept_one(&mut self, listener: RawFd, user_data: u64) -> io::Result<()> {
+    /// A single accept (one connection); close-on-exec, or into the file table with `direct`.
+    pub(crate) fn accept_one(
+        &self,
+        listener: RawFd,
+        direct: bool,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let slot = direct.then(types::DestinationSlot::auto_target);
         self.push(
             &opcode::Accept::new(Fd(listener), std::ptr::null_mut(), std::ptr::null_mut())
-                .flags(libc::SOCK_CLOEXEC)
+                .flags(accept_flags(direct))
+                .file_index(slot)
                 .build()
                 .user_data(user_data),
         )
     }
 
     /// A timer of the configured accept back-off.
-    pub(crate) fn backoff_timer(&mut self, user_data: u64) -> io::Result<()> {
-        let ts: *const Timespec = &*self.backoff;
+    pub(crate) fn backoff_timer(&self, user_data: u64) -> io::Result<()> {
+        let ts: *const Timespec = &**self.backoff;
         self.push(&opcode::Timeout::new(ts).build().user_data(user_data))
     }
 
     /// A timer of `d` (one at a time: the spec is read when the entry is submitted).
-    pub(crate) fn grace_timer(&mut self, d: Duration, user_data: u64) -> io::Result<()> {
-        *self.grace = sys::ring::timespec(d);
-        let ts: *const Timespec = &*self.grace;
+    pub(crate) fn grace_timer(&self, d: Duration, user_data: u64) -> io::Result<()> {
+        self.grace.set(sys::ring::timespec(d));
+        let ts: *const Timespec = self.grace.as_ptr();
         self.push(&opcode::Timeout::new(ts).build().user_data(user_data))?;
         // Submit now so the spec is consumed before anything could change it.
         self.uring.submit().map(drop)
     }
 
     /// Cancels the operations whose `user_data` is `target`.
-    pub(crate) fn cancel(&mut self, target: u64, user_data: u64) -> io::Result<()> {
+    pub(crate) fn cancel(&self, target: u64, user_data: u64) -> io::Result<()> {
         self.push(
             &opcode::AsyncCancel2::new(CancelBuilder::user_data(target).all())
                 .build()
@@ -267,16 +356,17 @@ impl Ring {
     }
 
     /// Cancels every operation on `fd`.
-    pub(crate) fn cancel_fd(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
+    pub(crate) fn cancel_fd(&self, fd: SockFd, user_data: u64) -> io::Result<()> {
+        let builder = on_fd!(fd, |f| CancelBuilder::fd(f).all());
         self.push(
-            &opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
+            &opcode::AsyncCancel2::new(builder)
                 .build()
                 .user_data(user_data),
         )
     }
 
     /// Cancels every operation in the ring.
-    pub(crate) fn cancel_any(&mut self, user_data: u64) -> io::Result<()> {
+    pub(crate) fn cancel_any(&self, user_data: u64) -> io::Result<()> {
         self.push(
             &opcode::AsyncCancel2::new(CancelBuilder::any())
                 .build()
@@ -287,7 +377,7 @@ impl Ring {
     /// Posts a completion `(target_user_data, value)` into the ring `target_ring`. Only a failure
     /// completes in this ring (success skips it).
     pub(crate) fn msg_ring(
-        &mut self,
+        &self,
         target_ring: RawFd,
         value: i32,
         target_user_data: u64,
@@ -302,7 +392,7 @@ impl Ring {
     }
 
     /// Submits a send built by [`SendBuf::next_send`] (which owns the memory it points to).
-    pub(crate) fn send(&mut self, entry: squeue::Entry, user_data: u64) -> io::Result<()> {
+    pub(crate) fn send(&self, entry: squeue::Entry, user_data: u64) -> io::Result<()> {
         self.push(&entry.user_data(user_data))
     }
 
@@ -310,16 +400,20 @@ impl Ring {
     /// `true` then: two completions will come, `user_data` and `timeout_user_data`). `op` must
     /// stay alive, unmoved in its boxes, until they arrived; it leaks its memory otherwise.
     pub(crate) fn connect(
-        &mut self,
-        fd: RawFd,
+        &self,
+        fd: SockFd,
         op: &mut ConnectOp,
         user_data: u64,
         timeout_user_data: u64,
     ) -> io::Result<bool> {
         let addr = op.addr();
-        let entry = opcode::Connect::new(Fd(fd), addr.as_ptr().cast(), addr.len())
-            .build()
-            .user_data(user_data);
+        let entry = on_fd!(fd, |f| opcode::Connect::new(
+            f,
+            addr.as_ptr().cast(),
+            addr.len()
+        )
+        .build())
+        .user_data(user_data);
         let linked = match op.timeout() {
             Some(ts) => {
                 let ts: *const Timespec = ts;
@@ -339,9 +433,14 @@ impl Ring {
     }
 
     /// After a failure left operations in flight: keep the ring's own buffers alive forever.
-    pub(crate) fn leak_buffers(&mut self) {
-        std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+    pub(crate) fn leak_buffers(&self) {
+        self.leaked.set(true);
     }
+}
+
+/// `accept4` flags: close-on-exec, except for direct descriptors (`EINVAL` with them).
+fn accept_flags(direct: bool) -> i32 {
+    if direct { 0 } else { libc::SOCK_CLOEXEC }
 }
 
 /// The general timeout and the `min_wait` (µs) of a blocking wait bounded by `bound`.

@@ -57,6 +57,15 @@ pub(crate) enum Kind {
     Grace = 5,
     /// Cancellation of the accept.
     AcceptCancel = 6,
+    /// A direct descriptor installed in the process's table, answered inline
+    /// (`Ring::install_now`); never seen by a reap.
+    Install = 7,
+    /// A connection handed over by the acceptor as a direct descriptor (`res` is its slot in
+    /// the reactor ring's file table).
+    NewDirect = 8,
+    /// A close nobody waits for (a direct descriptor accepted past the caps when the engine
+    /// stops): only a failure completes.
+    QuietClose = 9,
     /// Multishot recv of a connection.
     Recv = 16,
     /// Send of a connection.
@@ -69,8 +78,20 @@ pub(crate) enum Kind {
     ConnectTimeout = 21,
     /// Poll for FIN, reset or error while a connection's receive is not armed.
     Watch = 22,
-    /// Acceptor: a hand-off that failed (slot holds the fd).
+    /// The close of a connection's direct descriptor (its slot in the file table).
+    CloseSlot = 23,
+    /// Shutdown of a connection's write side the handle asked for (result to the handle).
+    ShutdownWrite = 24,
+    /// Shutdown of both directions of a connection that failed (a timeout).
+    ShutdownBoth = 25,
+    /// Not an operation: a handle asks its reactor (through the request queue) to install the
+    /// connection's direct descriptor in the process's table.
+    InstallRequest = 26,
+    /// Acceptor: a hand-off that failed (slot holds the fd, or the slot in the acceptor's
+    /// file table).
     HandOff = 32,
+    /// Acceptor: the close of its file-table slot after a hand-off failed.
+    HandOffClose = 33,
 }
 
 impl Kind {
@@ -82,13 +103,21 @@ impl Kind {
             4 => Kind::AcceptBackoff,
             5 => Kind::Grace,
             6 => Kind::AcceptCancel,
+            7 => Kind::Install,
+            8 => Kind::NewDirect,
+            9 => Kind::QuietClose,
             16 => Kind::Recv,
             17 => Kind::Send,
             19 => Kind::Cancel,
             20 => Kind::Connect,
             21 => Kind::ConnectTimeout,
             22 => Kind::Watch,
+            23 => Kind::CloseSlot,
+            24 => Kind::ShutdownWrite,
+            25 => Kind::ShutdownBoth,
+            26 => Kind::InstallRequest,
             32 => Kind::HandOff,
+            33 => Kind::HandOffClose,
             _ => return None,
         })
     }
@@ -141,14 +170,29 @@ mod tests {
             Kind::Connect,
             Kind::ConnectTimeout,
             Kind::Watch,
+            Kind::CloseSlot,
+            Kind::ShutdownWrite,
+            Kind::ShutdownBoth,
+            Kind::InstallRequest,
+            Kind::HandOff,
+            Kind::HandOffClose,
         ] {
             let t = Token::decode(Token::conn(kind, id)).unwrap();
             assert_eq!(t, Token { kind, id });
         }
-        assert_eq!(
-            Token::decode(Token::engine(Kind::Wake)).unwrap().kind,
-            Kind::Wake
-        );
+        for kind in [
+            Kind::Wake,
+            Kind::NewConn,
+            Kind::Accept,
+            Kind::AcceptBackoff,
+            Kind::Grace,
+            Kind::AcceptCancel,
+            Kind::Install,
+            Kind::NewDirect,
+            Kind::QuietClose,
+        ] {
+            assert_eq!(Token::decode(Token::engine(kind)).unwrap().kind, kind);
+        }
         assert_eq!(Token::decode(0), None);
     }
 

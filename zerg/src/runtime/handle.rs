@@ -30,6 +30,8 @@ pub(crate) struct ReactorShared {
     pub(crate) pool: Arc<BufPool>,
     /// The reactor ring's descriptor, for MSG_RING hand-offs.
     pub(crate) ring_fd: RawFd,
+    /// The ring has a file table: hand-offs may pass direct descriptors into it.
+    pub(crate) direct: bool,
     pub(crate) max_write_buffer: usize,
     /// Most pieces one connection may hold before its receive pauses, and the bytes per
     /// receive buffer: what a reader that never lets go can reach.
@@ -67,6 +69,7 @@ impl ReactorShared {
         index: usize,
         pool: Arc<BufPool>,
         ring_fd: RawFd,
+        direct: bool,
         wake: EventFd,
         config: &ReactorConfig,
     ) -> Self {
@@ -74,6 +77,7 @@ impl ReactorShared {
             index,
             pool,
             ring_fd,
+            direct,
             max_write_buffer: config.max_write_buffer,
             max_held: config.effective_max_buffers_per_connection(),
             buf_size: config.recv_buffer_size,

@@ -97,9 +97,7 @@ pub(crate) fn take_socket_error(fd: RawFd) -> io::Result<Option<i32>> {
 }
 
 /// The peer address of a connected socket.
-pub(crate) fn peer_addr(fd: RawFd) -> io::Result<std::net::SocketAddr> {
-    // SAFETY: the caller guarantees `fd` is an open socket for the duration of this call.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+pub(crate) fn peer_addr(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<std::net::SocketAddr> {
     socket2::SockRef::from(&fd)
         .peer_addr()?
         .as_socket()
@@ -107,9 +105,7 @@ pub(crate) fn peer_addr(fd: RawFd) -> io::Result<std::net::SocketAddr> {
 }
 
 /// The local address of a socket.
-pub(crate) fn local_addr(fd: RawFd) -> io::Result<std::net::SocketAddr> {
-    // SAFETY: the caller guarantees `fd` is an open socket for the duration of this call.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+pub(crate) fn local_addr(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<std::net::SocketAddr> {
     socket2::SockRef::from(&fd)
         .local_addr()?
         .as_socket()

@@ -94,6 +94,32 @@ fn probe(ring: &IoUring, who: &str) -> Result<()> {
     Ok(())
 }
 
+/// Opcodes zerg uses when a switch asks for them, with a fallback when the kernel lacks them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Optional {
+    /// `IORING_OP_FIXED_FD_INSTALL` (Linux 6.8; direct descriptors need it, and the kernels
+    /// that have it have every other operation on direct descriptors zerg uses).
+    pub(crate) fixed_fd_install: bool,
+    /// `IORING_OP_SHUTDOWN` (Linux 5.11).
+    pub(crate) shutdown: bool,
+    /// `IORING_OP_SEND_ZC` (Linux 6.0) and `IORING_OP_SENDMSG_ZC` (6.1).
+    pub(crate) send_zc: bool,
+}
+
+/// Which optional opcodes `ring`'s kernel has (all `false` if it cannot say).
+pub(crate) fn optional(ring: &IoUring) -> Optional {
+    let mut probe = io_uring::Probe::new();
+    if ring.submitter().register_probe(&mut probe).is_err() {
+        return Optional::default();
+    }
+    Optional {
+        fixed_fd_install: probe.is_supported(opcode::FixedFdInstall::CODE),
+        shutdown: probe.is_supported(opcode::Shutdown::CODE),
+        send_zc: probe.is_supported(opcode::SendZc::CODE)
+            && probe.is_supported(opcode::SendMsgZc::CODE),
+    }
+}
+
 /// Completions a [`Wait::min_wait_usec`] wait collects before it returns early: enough for a
 /// batch to pay off, few enough that a busy reactor rarely waits out the whole `min_wait`.
 pub(crate) const MIN_WAIT_BATCH: usize = 32;

@@ -19,12 +19,21 @@ pub enum Mode {
 }
 
 /// Options for a loopback engine with small buffers.
+///
+/// `ZERG_TEST_DIRECT_DESCRIPTORS=1` turns on `direct_descriptors` and
+/// `ZERG_TEST_SEND_ZEROCOPY=N` sets `send_zerocopy_threshold`, so the whole suite can run on
+/// those paths (`ZERG_TEST_DIRECT_DESCRIPTORS=1 cargo test`).
 pub fn options(reactors: usize, incremental: bool) -> EngineOptions {
     let mut rc = ReactorConfig::default();
     rc.buffer_ring_entries = 256;
     rc.recv_buffer_size = 4096;
     rc.ring_entries = 256;
     rc.incremental_buffer_consumption = incremental;
+    rc.direct_descriptors = std::env::var("ZERG_TEST_DIRECT_DESCRIPTORS").is_ok_and(|v| v == "1");
+    rc.send_zerocopy_threshold = std::env::var("ZERG_TEST_SEND_ZEROCOPY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut o = EngineOptions::with_port(0);
     o.ip = "127.0.0.1".parse().unwrap();
     o.reactor_count = reactors;

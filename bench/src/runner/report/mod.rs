@@ -94,7 +94,22 @@ impl Machine {
             ("pinning".into(), pinning),
             (
                 "command".into(),
-                format!("`{}`", std::env::args().collect::<Vec<_>>().join(" ")),
+                // The program by its name, not its path: results must not record where the
+                // repository was checked out.
+                format!(
+                    "`{}`",
+                    std::env::args()
+                        .enumerate()
+                        .map(|(i, a)| if i == 0 {
+                            std::path::Path::new(&a)
+                                .file_name()
+                                .map_or(a.clone(), |n| n.to_string_lossy().into_owned())
+                        } else {
+                            a
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
             ),
         ];
         Self { lines }
